@@ -1,0 +1,167 @@
+"""Reading and writing Hugging Face checkpoint directories.
+
+A checkpoint is `config.json` plus weights in `model.safetensors`, or shards listed by
+`model.safetensors.index.json`. Legacy `pytorch_model.bin` files are read only through
+`torch.load(weights_only=True)`, which refuses anything but tensors: a checkpoint never runs code.
+lmforge's own checkpoints are the same format, so both libraries open each other's files.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge.errors import LmforgeError
+from lmforge.hf.config import from_hf_config, to_hf_config
+from lmforge.hf.keys import from_hf_state, to_hf_state
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
+    """A local directory, or a Hugging Face hub id downloaded (with huggingface_hub) to the cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise LmforgeError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+    name = str(name_or_path)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+            return Path(snapshot_download(name, allow_patterns=patterns))
+        except Exception as e:  # no network, no such repo, no huggingface_hub
+            raise LmforgeError(
+                f"no directory {name!r}, and it could not be fetched from the hub "
+                f"({type(e).__name__}); pass a local checkpoint directory"
+            ) from None
+    raise LmforgeError(f"no checkpoint directory at {path}; pass a directory with config.json and weights")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmforgeError(f"{path.parent} has no {path.name}; is it a checkpoint directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(data, dict):
+        raise LmforgeError(f"{path} should hold a JSON object; the checkpoint is corrupt")
+    return data
+
+
+def read_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the directory's weight files, by their stored names."""
+    if (ckpt_dir / SAFETENSORS).exists():
+        return _load_safetensors(ckpt_dir / SAFETENSORS)
+    if (ckpt_dir / SAFETENSORS_INDEX).exists():
+        shards = sorted(set(read_json(ckpt_dir / SAFETENSORS_INDEX).get("weight_map", {}).values()))
+        return {k: v for shard in shards for k, v in _load_safetensors(ckpt_dir / shard).items()}
+    if (ckpt_dir / PICKLE).exists():
+        return _load_pickle(ckpt_dir / PICKLE)
+    if (ckpt_dir / PICKLE_INDEX).exists():
+        shards = sorted(set(read_json(ckpt_dir / PICKLE_INDEX).get("weight_map", {}).values()))
+        return {k: v for shard in shards for k, v in _load_pickle(ckpt_dir / shard).items()}
+    raise LmforgeError(f"{ckpt_dir} has no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE})")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise LmforgeError(f"missing weight shard {path}; the checkpoint is incomplete") from None
+    except (SafetensorError, OSError) as e:
+        raise LmforgeError(f"cannot read {path}: {e}; the checkpoint is corrupt") from None
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LmforgeError(f"missing weight shard {path}; the checkpoint is incomplete") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LmforgeError(
+            f"refusing {path}: it is not a plain tensor file ({first[:120]}); loading it "
+            "could run code. Convert it to safetensors with the library that wrote it"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LmforgeError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_model(
+    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
+    """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
+    from lmforge.models import build_model
+
+    ckpt_dir = resolve_checkpoint_dir(name_or_path)
+    config = from_hf_config(read_json(ckpt_dir / "config.json"))
+    model = build_model(config)
+    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers)
+    if "lm_head.weight" not in state and model.lm_head.weight is model.embed.weight:
+        state["lm_head.weight"] = state.get("embed.weight")
+    expected = model.state_dict().keys()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise LmforgeError(
+            f"the checkpoint in {ckpt_dir} lacks {len(missing)} weights (first: {missing[0]}); "
+            "it is incomplete or for another architecture"
+        )
+    for key, tensor in model.state_dict().items():
+        if state[key].shape != tensor.shape:
+            raise LmforgeError(
+                f"weight {key} has shape {tuple(state[key].shape)} but config.json implies "
+                f"{tuple(tensor.shape)}; the config and weights do not match"
+            )
+    model.load_state_dict(state)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_model(model, out_dir: str | Path, *, max_shard_size: int | None = None) -> None:
+    """config.json and safetensors weights (sharded above max_shard_size bytes) that `transformers` opens."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if model.lm_head.weight is model.embed.weight:
+        state.pop("lm_head.weight")  # tied: stored once, as the embedding
+    hf_state = to_hf_state(state, model.config.model_type, model.config.n_layers)
+    hf_state = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
+    hf_config = to_hf_config(model.config)
+    hf_config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    shards = _shard(hf_state, max_shard_size)
+    if len(shards) == 1:
+        save_file(hf_state, out_dir / SAFETENSORS, metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for n, shard in enumerate(shards, start=1):
+        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, out_dir / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in hf_state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _shard(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    if max_bytes is None:
+        return [state]
+    shards, size = [{}], 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    return shards

@@ -1,0 +1,92 @@
+"""GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners").
+
+A decoder-only Transformer: learned absolute positions, pre-LayerNorm blocks (norm before each
+sub-layer, one more at the end), GELU feed-forward, biases everywhere, and an output projection
+tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lmforge.models.decoder import CausalLM
+from lmforge.nn import MLP, Attention, KVCache, LayerNorm, decoder_mask, decoder_positions
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    max_seq_len: int = 1024
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int | None = None  # 4 * d_model when None
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    model_type: ClassVar[str] = "gpt2"
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        self.attn_norm = LayerNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(
+            config.d_model, config.n_heads, bias=True, dropout=config.dropout, layer_idx=layer_idx
+        )
+        self.mlp_norm = LayerNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config.d_model, config.d_ff, config.activation, bias=True)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, *, mask, is_causal, cache):
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, cache=cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class GPT2(CausalLM):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layers))
+        self.norm = LayerNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied: the output layer reads the input embedding
+        self.init_weights()
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normalised hidden states (B, T, d_model)."""
+        past_len = cache.length if cache is not None else 0
+        T = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = decoder_positions(attention_mask, T, past_len, input_ids.device)
+        mask, is_causal = decoder_mask(attention_mask, T, past_len, input_ids.device)
+        x = self.dropout(self.embed(input_ids) + self.pos_embed(position_ids))
+        for block in self.blocks:
+            x = block(x, mask=mask, is_causal=is_causal, cache=cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(x)

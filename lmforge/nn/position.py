@@ -1,0 +1,73 @@
+"""Position information: rotary embeddings (Su et al., 2021, "RoFormer") with the scaling
+variants real checkpoints use, and the fixed sinusoidal table of Vaswani et al. (2017).
+
+Learned absolute positions (GPT-2) are a plain `nn.Embedding` in the family file.
+Rotary layout follows the Hugging Face convention: the two rotated halves of each head are the
+first and second half of its dimensions (`rotate_half`), not interleaved pairs.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from lmforge.errors import LmforgeError
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_frequencies(d_head: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """Inverse frequencies `theta^(-2i/d)` for i < d/2, adjusted by a rope-scaling dict."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        return _llama3_frequencies(inv_freq, scaling)
+    raise LmforgeError(f"unsupported rope scaling {kind!r}; supported: {', '.join(ROPE_TYPES)}")
+
+
+def _llama3_frequencies(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+    # interpolated smoothly.
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Maps position ids (B, T) to the cos and sin tables (B, T, d_head) that `apply_rope` uses."""
+
+    def __init__(self, d_head: int, theta: float = 10000.0, scaling: dict | None = None):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_frequencies(d_head, theta, scaling), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d_head / 2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, d_head)
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, n_heads, T, d_head) by the angles of its positions."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, T, d_head)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+def sinusoidal_table(max_seq_len: int, d_model: int) -> torch.Tensor:
+    """The fixed encoding PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)."""
+    pos = torch.arange(max_seq_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_seq_len, d_model)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)[:, : d_model // 2]
+    return table
