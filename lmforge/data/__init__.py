@@ -1,0 +1,1 @@
+"""Data: sources (files, directories, JSONL, Parquet, datasets), token files, objectives, task datasets."""

@@ -1,0 +1,153 @@
+"""Training a tokenizer from text, with the Hugging Face `tokenizers` library.
+
+Two kinds:
+- "bpe": GPT-2's byte-level BPE (Radford et al. 2019; Sennrich et al. 2016 for BPE). Text is UTF-8
+  bytes, each byte a printable character, so the 256-byte base alphabet encodes any Unicode string and
+  `decode(encode(s)) == s` always holds.
+- "char": one token per Unicode character, as in nanoGPT's shakespeare_char: the vocabulary is the
+  characters seen in training (the most frequent ones if there are more than fit). A character never seen
+  becomes "<unk>", which decode drops like any special token: the choice keeps the vocabulary tiny (no
+  256 byte tokens), at the price of round-tripping only the training alphabet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from lmforge.errors import LmforgeError
+from lmforge.tokenizers.tokenizer import Tokenizer, resolve_special_roles
+
+KINDS = ("bpe", "char")
+ENDOFTEXT = "<|endoftext|>"
+UNK = "<unk>"
+# Files are streamed in pieces of about this many characters, cut at line ends.
+_CHUNK_CHARS = 1 << 20
+
+
+def train_tokenizer(
+    source: str | os.PathLike | Iterable[str | os.PathLike] | Iterator[str],
+    *,
+    vocab_size: int,
+    kind: str = "bpe",
+    special_tokens: list[str] | None = None,
+    min_frequency: int = 2,
+    show_progress: bool = False,
+) -> Tokenizer:
+    """Train a tokenizer of at most `vocab_size` ids.
+
+    source: a file path, a list/tuple of file paths, or an iterator of texts (e.g. a generator).
+    special_tokens: default ["<|endoftext|>"] for bpe and ["<|endoftext|>", "<unk>"] for char; roles are
+    given by spelling ("<s>", "</s>", "<pad>", "<unk>", ...), else the first one is eos, bos and pad. min_frequency (bpe only): a pair seen fewer times is not merged.
+    """
+    if kind not in KINDS:
+        raise LmforgeError(f"unknown tokenizer kind {kind!r}; pass one of {', '.join(KINDS)}")
+    texts = _nonempty_texts(source)
+    if kind == "bpe":
+        special_tokens = list(special_tokens or [ENDOFTEXT])
+        return _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, show_progress)
+    special_tokens = list(special_tokens or [ENDOFTEXT, UNK])
+    return _train_char(texts, vocab_size, special_tokens)
+
+
+def _nonempty_texts(source) -> Iterator[str]:
+    """The training texts, checked up front: missing files and no text at all are errors."""
+    if isinstance(source, (str, os.PathLike)):
+        source = [source]
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p) for p in source]
+        for path in paths:
+            if not path.is_file():
+                raise LmforgeError(f"training file {path} does not exist; pass existing text files")
+        texts = itertools.chain.from_iterable(_read_chunks(p) for p in paths)
+    else:
+        texts = iter(source)
+    # Peek for the first text with content, so that empty data fails before training, not after.
+    texts = (t for t in texts if t)
+    first = next(texts, None)
+    if first is None:
+        raise LmforgeError("the training data has no text; pass non-empty files or texts")
+    return itertools.chain([first], texts)
+
+
+def _read_chunks(path: Path) -> Iterator[str]:
+    """A file's text in ~1 MiB pieces ending at line ends, undecodable bytes as U+FFFD."""
+    lines: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for line in f:
+            lines.append(line)
+            size += len(line)
+            if size >= _CHUNK_CHARS:
+                yield "".join(lines)
+                lines, size = [], 0
+    if lines:
+        yield "".join(lines)
+
+
+def _train_byte_level_bpe(
+    texts: Iterator[str], vocab_size: int, special_tokens: list[str], min_frequency: int, show_progress: bool
+) -> Tokenizer:
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    minimum = len(alphabet) + len(special_tokens)
+    if vocab_size < minimum:
+        raise LmforgeError(
+            f"vocabulary size {vocab_size} is too small: byte-level BPE needs at least {minimum} "
+            f"({len(alphabet)} bytes + {len(special_tokens)} special tokens); pass --vocab-size >= {minimum}"
+        )
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        # All 256 bytes, even those absent from the data, so that any text can be encoded.
+        initial_alphabet=alphabet,
+        show_progress=show_progress,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(backend, **_special_roles(backend, special_tokens))
+
+
+def _train_char(texts: Iterator[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    if UNK not in special_tokens:
+        special_tokens = [*special_tokens, UNK]
+    if vocab_size <= len(special_tokens):
+        raise LmforgeError(
+            f"vocabulary size {vocab_size} is too small: a char tokenizer needs more than its "
+            f"{len(special_tokens)} special tokens; pass --vocab-size > {len(special_tokens)}"
+        )
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    kept = sorted(c for c, _ in counts.most_common(vocab_size - len(special_tokens)))
+    vocab = {token: i for i, token in enumerate([*special_tokens, *kept])}
+    # BPE without merges is exactly a character-level lookup, with unk for the rest.
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    backend.decoder = decoders.Fuse()  # concatenate, where the default decoder would join with spaces
+    backend.add_special_tokens(special_tokens)
+    return Tokenizer(backend, **_special_roles(backend, special_tokens))
+
+
+def _special_roles(backend: tokenizers.Tokenizer, special_tokens: list[str]) -> dict[str, str | None]:
+    """Roles by conventional spelling ("<s>", "</s>", "<pad>", "<unk>", ...), the rest as in GPT-2.
+
+    GPT-2: one token (here the first special token, default "<|endoftext|>") ends documents and doubles
+    as bos and pad.
+    """
+    roles = resolve_special_roles(backend, config={}, special_map={})
+    eos = roles["eos_token"] or special_tokens[0]
+    return {
+        **roles,
+        "eos_token": eos,
+        "bos_token": roles["bos_token"] or eos,
+        "pad_token": roles["pad_token"] or eos,
+    }
