@@ -22,6 +22,7 @@ from lmforge.hf.keys import from_hf_state, to_hf_state
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+TIED = ("gpt2",)  # families whose output head is always the token embedding
 
 
 def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
@@ -98,46 +99,49 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-):
+def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
     from lmforge.models import build_model
 
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
-    config = from_hf_config(read_json(ckpt_dir / "config.json"))
-    model = build_model(config)
-    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers)
-    if "lm_head.weight" not in state and model.lm_head.weight is model.embed.weight:
-        state["lm_head.weight"] = state.get("embed.weight")
-    expected = model.state_dict().keys()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise LmforgeError(
-            f"the checkpoint in {ckpt_dir} lacks {len(missing)} weights (first: {missing[0]}); "
-            "it is incomplete or for another architecture"
-        )
-    for key, tensor in model.state_dict().items():
-        if state[key].shape != tensor.shape:
-            raise LmforgeError(
-                f"weight {key} has shape {tuple(state[key].shape)} but config.json implies "
-                f"{tuple(tensor.shape)}; the config and weights do not match"
-            )
-    model.load_state_dict(state)
+    model = build_model(from_hf_config(read_json(ckpt_dir / "config.json")))
+    load_weights(model, ckpt_dir)
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_model(model, out_dir: str | Path, *, max_shard_size: int | None = None) -> None:
-    """config.json and safetensors weights (sharded above max_shard_size bytes) that `transformers` opens."""
+def load_weights(model, ckpt_dir: Path) -> None:
+    """Load a checkpoint directory's weights into `model`, checking every name and shape."""
+    config = model.config
+    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers)
+    if "lm_head.weight" not in state and model.lm_head.weight is model.embed.weight:
+        state["lm_head.weight"] = state.get("embed.weight")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise LmforgeError(f"the checkpoint in {ckpt_dir} lacks {len(missing)} weights (first: {missing[0]}); "
+                           "it is incomplete or for another architecture")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise LmforgeError(f"weight {key} has shape {tuple(state[key].shape)} but config.json implies "
+                               f"{tuple(tensor.shape)}; the config and weights do not match")
+    model.load_state_dict(state)
+
+
+def save_model(model, out_dir: str | Path, *, max_shard_size: int | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """config.json and safetensors weights (sharded above max_shard_size bytes) that `transformers` opens.
+
+    state_dict, when given, replaces model.state_dict() (a sharded model's gathered full weights).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if model.lm_head.weight is model.embed.weight:
-        state.pop("lm_head.weight")  # tied: stored once, as the embedding
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    if model.config.model_type in TIED or getattr(model.config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: stored once, as the embedding
     hf_state = to_hf_state(state, model.config.model_type, model.config.n_layers)
     hf_state = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
     hf_config = to_hf_config(model.config)
-    hf_config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     shards = _shard(hf_state, max_shard_size)
     if len(shards) == 1:

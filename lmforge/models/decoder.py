@@ -77,8 +77,8 @@ class CausalLM(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def save_pretrained(self, out_dir: str | Path, *, max_shard_size: int | None = None) -> None:
+    def save_pretrained(self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None) -> None:
         """Write config.json and model.safetensors that `transformers` opens directly."""
         from lmforge.hf.checkpoint import save_model
 
-        save_model(self, out_dir, max_shard_size=max_shard_size)
+        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)

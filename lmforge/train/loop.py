@@ -1,0 +1,279 @@
+"""The one training loop. Pretraining, fine-tuning and every objective plug into it.
+
+Each optimizer step: fetch the step's micro-batches, normalise the loss by the number of real
+tokens in the whole global batch (so accumulation and data parallelism give the gradients of one
+big batch), clip, step AdamW with a warmup-cosine learning rate; then log, evaluate, sample and
+checkpoint on schedule. Batches are a pure function of (step, micro-batch), and every RNG state is
+checkpointed, so `--resume` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lmforge.device import resolve_dtype
+from lmforge.errors import LmforgeError
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.distributed import World, all_reduce_sum, barrier, no_sync, unwrap, wrap_model
+from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
+from lmforge.train.optim import lr_at, make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/lm"
+    max_steps: int = 1000
+    batch_size: int = 8  # sequences per micro-batch, per process
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 10
+    save_every: int = 500
+    keep_last: int = 3
+    sample_tokens: int = 48
+    seed: int = 1337
+    precision: str = "auto"  # autocast dtype: auto (bf16 where native), bfloat16, float32
+    compile: bool = False
+    skip_nonfinite: bool = False
+    tensorboard: bool = False
+    resume: bool = False
+    force: bool = False
+    fsdp: bool = False
+    max_minutes: float = 0.0  # stop (and save) after this long; 0 means no limit
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise LmforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise LmforgeError(f"--lr must be positive, got {self.lr}")
+
+
+def accumulate_gradients(model, micro_batches: list[dict], loss_fn, world: World,
+                         autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backpropagate the global batch's mean token loss; returns (mean loss, global token count).
+
+    Each micro-batch contributes sum(token losses) / (tokens in the global batch), times the world
+    size because DDP averages gradients over processes.
+    """
+    local = sum((b["labels"] != IGNORE_INDEX).sum() for b in micro_batches)
+    n_tokens = all_reduce_sum(torch.as_tensor(local, dtype=torch.float64), world)
+    if n_tokens == 0:
+        raise LmforgeError("a training batch has no tokens to predict; check the data")
+    total = torch.zeros((), dtype=torch.float64)
+    for i, batch in enumerate(micro_batches):
+        with no_sync(model, i == len(micro_batches) - 1), autocast():
+            loss_sum, _ = loss_fn(model, batch)
+        (loss_sum * (world.size / n_tokens.item())).backward()
+        total += loss_sum.detach().double().cpu()
+    return all_reduce_sum(total, world) / n_tokens, n_tokens
+
+
+class Trainer:
+    """Runs `config.max_steps` optimizer steps of `loss_fn` over `train_batch(step, micro)` batches."""
+
+    def __init__(self, model, config: TrainConfig, *, train_batch: Callable[[int, int], dict],
+                 eval_batches: list[dict], world: World, tokenizer=None, loss_fn=causal_lm_loss,
+                 fingerprint: dict | None = None, sample_prompt: str | None = None):
+        self.config, self.world, self.tokenizer = config, world, tokenizer
+        self.train_batch, self.eval_set, self.loss_fn = train_batch, eval_batches, loss_fn
+        self.fingerprint, self.sample_prompt = fingerprint or {}, sample_prompt
+        self.out = Path(config.out)
+        self.raw_model = model.to(world.device)
+        dtype = resolve_dtype(config.precision, world.device)
+        self.autocast = lambda: torch.autocast(world.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        self.start_step = 0
+        resume_from = self._check_out_dir()
+        if resume_from is not None:
+            state, optim_state, rng = ckpt.read_checkpoint(resume_from)
+            self._check_fingerprint(state, resume_from)
+            from lmforge.hf.checkpoint import load_weights
+
+            load_weights(self.raw_model, resume_from)
+        self.model = wrap_model(self.raw_model, world, fsdp=config.fsdp)
+        self.optimizer = make_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay)
+        if resume_from is not None:
+            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.raw_model, self.optimizer, optim_state)
+            ckpt.set_rng_state(state["rng"], rng)
+            self.start_step = state["step"]
+        if config.compile:
+            self.model = torch.compile(self.model, dynamic=False)
+
+    def _check_out_dir(self) -> Path | None:
+        """The checkpoint to resume from, if any; refuses to overwrite another run's checkpoints."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test-{self.world.rank}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise LmforgeError(f"cannot write to output directory {self.out}: {e.strerror or e}") from None
+        latest = ckpt.latest_checkpoint(self.out)
+        if latest is not None and not self.config.resume:
+            raise LmforgeError(f"{self.out} already holds checkpoints ({latest.name}); pass --resume to continue "
+                               "that run, or choose another --out")
+        return latest if self.config.resume else None
+
+    def _check_fingerprint(self, state: dict, path: Path) -> None:
+        saved = state.get("fingerprint", {})
+        changed = [k for k in self.fingerprint if k in saved and saved[k] != self.fingerprint[k]]
+        if changed and not self.config.force:
+            raise LmforgeError(f"cannot resume from {path}: the {', '.join(changed)} differ from that run's; "
+                               "pass --force to resume anyway, or choose another --out")
+
+    def fit(self) -> dict:
+        """Train to max_steps (or the time limit); returns the last metrics row."""
+        from lmforge.train.metrics import MetricsLog
+
+        cfg, world = self.config, self.world
+        log = MetricsLog(self.out / "metrics.jsonl", resume_from_step=self.start_step if cfg.resume else None,
+                         tensorboard_dir=str(self.out / "tensorboard") if cfg.tensorboard else None) \
+            if world.is_main else None
+        bar = tqdm(total=cfg.max_steps, initial=self.start_step, disable=not (world.is_main and cfg.progress),
+                   unit="step", dynamic_ncols=True)
+        started, row = time.perf_counter(), {}
+        self.model.train()
+        for step in range(self.start_step, cfg.max_steps):
+            t0 = time.perf_counter()
+            row = self._train_step(step)
+            row["tokens_per_s"] = row.pop("tokens") / (time.perf_counter() - t0)
+            row["elapsed_s"] = time.perf_counter() - started
+            done = step + 1 == cfg.max_steps or (cfg.max_minutes and row["elapsed_s"] > 60 * cfg.max_minutes)
+            if (step + 1) % cfg.eval_every == 0 or done:
+                row.update(self.evaluate())
+                self._sample(bar, step + 1)
+            if log:
+                log.log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", lr=f"{row['lr']:.2e}")
+            if (step + 1) % cfg.save_every == 0 or done:
+                self.save_checkpoint(step + 1)
+            if done:
+                break
+        bar.close()
+        if log:
+            log.close()
+        if world.is_main and row:
+            self._export_final()
+        barrier(world)
+        return row
+
+    def _export_final(self) -> None:
+        """Copy the last checkpoint's model files to OUT itself (so `--model OUT` works) and draw the loss curve."""
+        from lmforge.train.metrics import read_metrics
+        from lmforge.train.plot import write_loss_png
+
+        latest = ckpt.latest_checkpoint(self.out)
+        for f in latest.iterdir():
+            if f.name not in ("optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
+                tmp = self.out / f".{f.name}.tmp"
+                shutil.copyfile(f, tmp)
+                os.replace(tmp, self.out / f.name)
+        write_loss_png(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")
+
+    def _train_step(self, step: int) -> dict:
+        cfg = self.config
+        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                   min_lr_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = [self._to_device(self.train_batch(step, m)) for m in range(cfg.grad_accum)]
+        loss, n_tokens = accumulate_gradients(self.model, micro, self.loss_fn, self.world, self.autocast)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        loss, grad_norm = loss.item(), float(grad_norm)
+        row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens.item()}
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            if cfg.skip_nonfinite:
+                return {**row, "skipped": True}
+            latest = ckpt.latest_checkpoint(self.out)
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            raise LmforgeError(f"non-finite {what} at step {step + 1} (loss {loss}, grad norm {grad_norm}); "
+                               f"stopped, keeping the last good checkpoint ({latest or 'none yet'}). "
+                               "Lower --lr, or pass --skip-nonfinite to skip such steps")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return row
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.world.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss (mean over tokens) and perplexity; each process takes its share of batches."""
+        if not self.eval_set:
+            return {}
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        count = torch.zeros((), dtype=torch.float64)
+        for batch in self.eval_set[self.world.rank :: self.world.size]:
+            with self.autocast():
+                s, n = self.loss_fn(self.model, self._to_device(batch))
+            loss_sum += s.double().cpu()
+            count += n.double().cpu()
+        self.model.train()
+        loss_sum, count = all_reduce_sum(loss_sum, self.world), all_reduce_sum(count, self.world)
+        val_loss = (loss_sum / count.clamp(min=1)).item()
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+
+    def _sample(self, bar, step: int) -> None:
+        """Print a short generated sample (a seeded sampler: the training RNG is left untouched)."""
+        if not (self.sample_prompt and self.tokenizer and self.config.sample_tokens):
+            return
+        if not (self.world.is_main or self.config.fsdp):  # FSDP's forward needs every process
+            return
+        from lmforge.inference import generate
+
+        model = unwrap(self.raw_model)
+        model.eval()
+        with self.autocast():
+            text = generate(model, self.tokenizer, self.sample_prompt, max_new_tokens=self.config.sample_tokens,
+                            temperature=0.8, top_k=40, seed=self.config.seed)
+        model.train()
+        if self.world.is_main:
+            bar.write(f"--- sample at step {step} ---\n{self.sample_prompt}{text}\n---")
+
+    def save_checkpoint(self, step: int) -> None:
+        """Write checkpoint `step` (rank 0 writes; every process gathers and waits)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        # Names come from the unwrapped model, so checkpoints read the same with or without DDP/FSDP.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.raw_model, options=options)
+        optim_state = get_optimizer_state_dict(self.raw_model, self.optimizer, options=options)
+        if self.world.is_main:
+            state = {"fingerprint": self.fingerprint, "config": asdict(self.config),
+                     "data_position": {"step": step, "samples": step * self._global_batch()}}
+            ckpt.write_checkpoint(self.out, step, save_model=lambda d: self._save_model(d, model_state),
+                                  optim_state=optim_state, trainer_state=state, keep_last=self.config.keep_last)
+        barrier(self.world)
+
+    def _global_batch(self) -> int:
+        return self.config.batch_size * self.config.grad_accum * self.world.size
+
+    def _save_model(self, directory: Path, state_dict: dict) -> None:
+        self.raw_model.save_pretrained(directory, state_dict=state_dict)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
