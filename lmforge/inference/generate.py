@@ -1,0 +1,241 @@
+"""Text generation: the settings, the engine on token ids, and the text layer on top of it.
+
+`generate_ids` is the engine: a batch of prompts is prefilled once, then decoded one token per step
+with the KV cache (greedy, sampling, or beam search); it knows no tokenizer. `generate` turns text
+into prompts and the generated ids back into text, incrementally, so that streaming and stop strings
+work on exactly the text the caller would get in one piece.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.inference.batch import TokenBuffer, next_token_logits
+from lmforge.inference.beam import beam_search
+from lmforge.inference.sampling import sample_next
+from lmforge.inference.stop import StopChecker
+from lmforge.tokenizers import IncrementalDecoder
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. Temperature 0 is greedy; num_beams > 1 is beam search, which is deterministic
+    (temperature, top_k and top_p do not apply to it) and cannot stream."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    use_cache: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise LmforgeError naming the first field outside its allowed range."""
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        checks = [
+            ("max_new_tokens", is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "an integer >= 0"),
+            ("temperature", self.temperature >= 0, "a number >= 0 (0 is greedy)"),
+            ("top_k", self.top_k is None or (is_int(self.top_k) and self.top_k >= 1), "an integer >= 1"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a number in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "a number > 0 (1 is no penalty)"),
+            ("num_beams", is_int(self.num_beams) and self.num_beams >= 1, "an integer >= 1"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
+        ]
+        for name, is_valid, allowed in checks:
+            if not is_valid:
+                raise LmforgeError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+
+
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    *,
+    eos_token_ids: set[int] | frozenset[int] = frozenset(),
+    pad_token_id: int = 0,
+    ended_rows: set[int] | None = None,
+) -> Iterator[list[int | None]]:
+    """Generate from a batch of prompts (token ids); yield, per step, each row's new token, or None
+    for a row that has finished.
+
+    A row finishes after yielding an EOS token, after max_new_tokens, or once the caller adds its index
+    to `ended_rows` (read before every step: a caller's stop string ends a row without an extra step).
+    New tokens are capped so the sequence fits the model's context (max_seq_len) and checked here, so
+    errors are raised by this call, before the first step.
+    """
+    if getattr(model, "is_encoder_decoder", False):
+        raise LmforgeError("generation for encoder-decoder models is not supported yet")
+    _check_prompts(model, prompts)
+    prompt_len = max(len(p) for p in prompts)
+    # The last new token is never fed back, so a full context still yields one more token.
+    max_new = min(config.max_new_tokens, model.config.max_seq_len - prompt_len + 1)
+    ended_rows = set() if ended_rows is None else ended_rows
+    if config.num_beams > 1:
+        return _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)
+    return _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)
+
+
+def _check_prompts(model, prompts: list[list[int]]) -> None:
+    if not prompts:
+        raise LmforgeError("no prompts given; pass at least one")
+    if any(len(p) == 0 for p in prompts):
+        raise LmforgeError(
+            "empty prompt: it encodes to no tokens (and the tokenizer adds no BOS token); pass some text"
+        )
+    longest, max_seq_len = max(len(p) for p in prompts), model.config.max_seq_len
+    if longest > max_seq_len:
+        raise LmforgeError(
+            f"the prompt has {longest} tokens, more than the model's context of {max_seq_len} "
+            "(max_seq_len); shorten it"
+        )
+    vocab_size = model.config.vocab_size
+    bad = next((t for p in prompts for t in p if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise LmforgeError(
+            f"token id {bad} is outside the model's vocabulary of {vocab_size}; "
+            "are the tokenizer and the model from the same checkpoint?"
+        )
+
+
+@torch.inference_mode()
+def _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows):
+    """Greedy or sampled decoding, one token per row per step."""
+    if max_new <= 0:
+        return
+    vocab_size = model.config.vocab_size if config.repetition_penalty != 1.0 else None
+    capacity = max(len(p) for p in prompts) + max_new
+    batch = TokenBuffer(prompts, capacity, pad_token_id, model.device, vocab_size=vocab_size)
+    cache = model.new_cache(len(prompts), capacity - 1) if config.use_cache else None
+    generator = _new_generator(config.seed, model.device)
+    is_done = [False] * len(prompts)
+    for _ in range(max_new):
+        tokens = sample_next(next_token_logits(model, batch, cache), config, generator, seen=batch.seen)
+        # A finished row is still computed with the batch (its tokens are ignored), so rows never move.
+        batch.append(tokens)
+        step = [None if done else t for done, t in zip(is_done, tokens.tolist())]
+        is_done = [done or t in eos_token_ids for done, t in zip(is_done, step)]
+        yield step
+        is_done = [done or row in ended_rows for row, done in enumerate(is_done)]
+        if all(is_done):
+            return
+
+
+def _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows):
+    """Beam search, then its best sequence per prompt replayed one token per step."""
+    sequences = beam_search(model, prompts, config, max_new, eos_token_ids, pad_token_id)
+    for i in range(max(len(s) for s in sequences)):
+        if all(row in ended_rows for row in range(len(sequences))):
+            return
+        yield [s[i] if i < len(s) and row not in ended_rows else None for row, s in enumerate(sequences)]
+
+
+def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # nondeterministic, and independent of the global RNG
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def generate(
+    model, tok, prompt: str | list[str], config: GenerationConfig | None = None, *, stream=False, **overrides
+):
+    """The text generated after `prompt` (the prompt itself excluded), or a list for a list of prompts.
+
+    Keyword overrides replace config fields: `generate(model, tok, "Once", max_new_tokens=20)`.
+    Generation of a row ends at EOS, after max_new_tokens, or before its first stop string (never
+    included). With stream=True (one prompt) it returns an iterator of text pieces instead, which
+    never split a character, hold back text that may start a stop string, and join to the same text.
+    """
+    config = _with_overrides(config, overrides)
+    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if stream and len(texts) != 1:
+        raise LmforgeError(f"stream=True takes a single prompt, got {len(texts)}")
+    if stream and config.num_beams > 1:
+        raise LmforgeError(
+            "beam search (num_beams > 1) cannot stream: its best sequence is known only at the end"
+        )
+    prompts = [tok.encode(text, add_special_tokens=True) for text in texts]
+    eos_token_ids = _eos_token_ids(model, tok)
+    pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ended_rows: set[int] = set()
+    steps = generate_ids(
+        model, prompts, config, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, ended_rows=ended_rows
+    )
+    pieces = _text_pieces(tok, steps, len(prompts), config.stop, eos_token_ids, ended_rows)
+    if stream:
+        return (piece for _, piece in pieces)
+    outputs: list[list[str]] = [[] for _ in prompts]
+    for row, piece in pieces:
+        outputs[row].append(piece)
+    texts = ["".join(row_pieces) for row_pieces in outputs]
+    return texts[0] if isinstance(prompt, str) else texts
+
+
+def _text_pieces(tok, steps, n_rows, stops, eos_token_ids, ended_rows) -> Iterator[tuple[int, str]]:
+    """(row, text) pieces of the generated text, detokenized incrementally and cut at stop strings.
+
+    Rows cut by a stop string are added to `ended_rows`, which the engine reads before its next step.
+    """
+    decoders = [IncrementalDecoder(tok) for _ in range(n_rows)]
+    checkers = [StopChecker(stops) for _ in range(n_rows)]
+
+    def finish(row: int) -> str:
+        ended_rows.add(row)
+        return checkers[row].push(decoders[row].flush()) + checkers[row].flush()
+
+    for step in steps:
+        for row, token in enumerate(step):
+            if token is None or row in ended_rows:
+                continue
+            if token in eos_token_ids:
+                piece = finish(row)  # EOS ends the text and is not part of it
+            else:
+                piece = checkers[row].push(decoders[row].push(token))
+                if checkers[row].is_stopped:
+                    ended_rows.add(row)
+            if piece:
+                yield row, piece
+    for row in range(n_rows):
+        piece = "" if row in ended_rows else finish(row)
+        if piece:
+            yield row, piece
+
+
+def _with_overrides(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+    config = config or GenerationConfig()
+    names = [f.name for f in dataclasses.fields(GenerationConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise LmforgeError(f"unknown generation option {unknown[0]!r}; the options are {', '.join(names)}")
+    config = dataclasses.replace(config, **overrides)  # runs the validation again
+    config.validate()
+    return config
+
+
+def _eos_token_ids(model, tok) -> frozenset[int]:
+    """The tokenizer's EOS and the model's (Llama 3 lists several, e.g. end of turn)."""
+    ids = model.config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tok.eos_token_id is not None:
+        ids.append(tok.eos_token_id)
+    return frozenset(ids)

@@ -1,0 +1,77 @@
+"""Choosing the next token from logits: the logits processors and the sampler.
+
+Each processor is a pure function on (B, V) float logits, with the semantics of the Hugging Face
+`transformers` processors of the same name, applied in their order: repetition penalty (Keskar et
+al., 2019, CTRL), temperature, top-k (Fan et al., 2018), top-p / nucleus (Holtzman et al., 2020).
+A token removed by top-k or top-p gets logit -inf, so it has probability 0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from lmforge.inference.generate import GenerationConfig
+
+
+def seen_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, V) bool: which tokens occur among the real (mask 1) positions of ids (B, L)."""
+    counts = torch.zeros(ids.shape[0], vocab_size, device=ids.device)
+    # NOTE: scatter_add, not scatter: a pad id that is also a real token must count once, not race.
+    return counts.scatter_add_(1, ids, mask.to(counts.dtype)) > 0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make tokens already in the sequence (`seen`, (B, V) bool) less likely: a negative logit is
+    multiplied by `penalty`, a positive one divided by it (penalty > 1 discourages repeats)."""
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sharpen (temperature < 1) or flatten (> 1) the distribution."""
+    return logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (and any tied with the k-th)."""
+    k = min(k, logits.shape[-1])
+    kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (at least one)."""
+    sorted_logits, sorted_index = torch.sort(logits, dim=-1)  # ascending
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # Dropping from the unlikely end: a token goes while the mass up to it is at most 1 - p.
+    sorted_drop = cumulative <= 1 - p
+    sorted_drop[:, -1] = False
+    drop = sorted_drop.scatter(1, sorted_index, sorted_drop)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: torch.Tensor,
+    config: GenerationConfig,
+    generator: torch.Generator | None = None,
+    *,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V); temperature 0 is greedy (argmax).
+
+    seen: (B, V) bool, the tokens already in each sequence, for the repetition penalty.
+    """
+    if seen is not None and config.repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = apply_temperature(logits, config.temperature)
+    if config.top_k is not None:
+        logits = apply_top_k(logits, config.top_k)
+    if config.top_p is not None and config.top_p < 1.0:
+        logits = apply_top_p(logits, config.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
