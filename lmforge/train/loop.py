@@ -126,6 +126,9 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise LmforgeError(f"cannot write to output directory {self.out}: {e.strerror or e}") from None
+        if self.world.is_main:  # a writer killed mid-save leaves a temporary directory; it is garbage
+            for stale in (self.out / "checkpoints").glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         latest = ckpt.latest_checkpoint(self.out)
         if latest is not None and not self.config.resume:
             raise LmforgeError(f"{self.out} already holds checkpoints ({latest.name}); pass --resume to continue "
