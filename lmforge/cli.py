@@ -51,8 +51,11 @@ def cmd_generate(args) -> None:
     if args.bench:
         elapsed = time.perf_counter() - start
         n_tokens = n_tokens or gen.max_new_tokens
-        print(f"[bench] {n_tokens} tokens in {elapsed:.2f} s: {n_tokens / elapsed:.1f} tokens/s "
-              f"({model.dtype}, {device})", file=sys.stderr)
+        print(
+            f"[bench] {n_tokens} tokens in {elapsed:.2f} s: {n_tokens / elapsed:.1f} tokens/s "
+            f"({model.dtype}, {device})",
+            file=sys.stderr,
+        )
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -70,8 +73,10 @@ def cmd_prepare(args) -> None:
 
     config = cfg.build(PrepareConfig, args, cfg.load_recipe(args.config) if args.config else None)
     manifest = prepare(config)
-    print(f"wrote {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens "
-          f"({manifest['dtype']}) to {config.out}")
+    print(
+        f"wrote {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens "
+        f"({manifest['dtype']}) to {config.out}"
+    )
 
 
 def cmd_pretrain(args) -> None:
@@ -80,7 +85,9 @@ def cmd_pretrain(args) -> None:
     config = cfg.build(PretrainConfig, args, cfg.load_recipe(args.config) if args.config else None)
     row = pretrain(config)
     if row:
-        summary = f"loss {row['loss']:.4f}" + (f", validation loss {row['val_loss']:.4f}" if "val_loss" in row else "")
+        summary = f"loss {row['loss']:.4f}" + (
+            f", validation loss {row['val_loss']:.4f}" if "val_loss" in row else ""
+        )
         print(f"finished at step {row['step']}: {summary}; model in {config.out}")
 
 
@@ -110,13 +117,19 @@ def build_parser() -> ArgumentParser:
 
     p = verbs.add_parser("pretrain", help="train a language model from scratch")
     p.add_argument("--config", help="a TOML or YAML recipe; flags override its keys")
-    cfg.add_arguments(p, PretrainConfig, help={"data": "files, directories or a prepared directory "
-                                                        "(default: the built-in corpus)",
-                                                "preset": "model size: tiny, demo, gpt2, llama-tiny, ..."})
+    cfg.add_arguments(
+        p,
+        PretrainConfig,
+        help={
+            "data": "files, directories or a prepared directory (default: the built-in corpus)",
+            "preset": "model size: tiny, demo, gpt2, llama-tiny, ...",
+        },
+    )
     p.set_defaults(func=cmd_pretrain)
 
     tok = verbs.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
-        dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION")
+        dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION"
+    )
     p = tok.add_parser("train", help="train a byte-level BPE or character tokenizer on text files")
     p.add_argument("--data", nargs="+", help="text files or directories (default: the built-in corpus)")
     p.add_argument("--glob", default="*.txt", help="which files to take from directories (default: *.txt)")

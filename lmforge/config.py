@@ -30,7 +30,9 @@ def _base_type(annotation):
     return annotation, False
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), help: dict | None = None):
+def add_arguments(
+    parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), help: dict | None = None
+):
     """Add one flag per field of dataclass `cls` (defaults left unset so recipes can fill them)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -39,11 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
         kind, is_list = _base_type(hints[f.name])
         text = (help or {}).get(f.name)
         if kind is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=text)
+            parser.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
         elif kind in (int, float, str):
-            parser.add_argument(_flag(f.name), type=kind, nargs="+" if is_list else None,
-                                default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+            parser.add_argument(
+                _flag(f.name),
+                type=kind,
+                nargs="+" if is_list else None,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=text,
+            )
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -65,7 +74,9 @@ def load_recipe(path: str | Path) -> dict:
                 import tomli as tomllib
             data = tomllib.loads(text)
     except ImportError as e:
-        raise LmforgeError(f"reading {path} needs the {e.name} package; pip install it, or use TOML") from None
+        raise LmforgeError(
+            f"reading {path} needs the {e.name} package; pip install it, or use TOML"
+        ) from None
     except Exception as e:
         raise LmforgeError(f"recipe {path} is not valid: {e}") from None
     if not isinstance(data, dict):

@@ -49,7 +49,12 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "
         return torch.float32
     if name == "auto":
         return torch.bfloat16 if supports_bf16(device) else torch.float32
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         from lmforge.errors import LmforgeError
 

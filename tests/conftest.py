@@ -22,23 +22,49 @@ def make_hf_gpt2(path, *, vocab_size=101, n_embd=48, n_layer=3, n_head=4, n_posi
     """A tiny random GPT2LMHeadModel saved at path; returns the transformers model."""
     transformers = _quiet_transformers()
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                                     n_positions=n_positions, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     model.save_pretrained(path)
     return model
 
 
-def make_hf_llama(path, *, vocab_size=101, hidden_size=48, n_layers=2, n_heads=6, n_kv_heads=2,
-                  intermediate_size=100, tie=False, rope_scaling=None, seed=0):
+def make_hf_llama(
+    path,
+    *,
+    vocab_size=101,
+    hidden_size=48,
+    n_layers=2,
+    n_heads=6,
+    n_kv_heads=2,
+    intermediate_size=100,
+    tie=False,
+    rope_scaling=None,
+    seed=0,
+):
     """A tiny random LlamaForCausalLM saved at path; returns the transformers model."""
     transformers = _quiet_transformers()
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=n_layers,
-                                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                                      intermediate_size=intermediate_size, max_position_embeddings=128,
-                                      tie_word_embeddings=tie, rope_scaling=rope_scaling,
-                                      bos_token_id=1, eos_token_id=2)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        rope_scaling=rope_scaling,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     # Random init leaves norms at 1; perturb them so a wrong norm placement shows in the logits.
     with torch.no_grad():

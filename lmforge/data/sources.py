@@ -19,7 +19,9 @@ def expand_paths(paths: list[str | Path], glob: str = "*.txt") -> list[Path]:
         if p.is_dir():
             matches = sorted(f for f in p.rglob(glob) if f.is_file())
             if not matches:
-                raise LmforgeError(f"directory {p} has no files matching {glob!r}; pass --glob to choose others")
+                raise LmforgeError(
+                    f"directory {p} has no files matching {glob!r}; pass --glob to choose others"
+                )
             files.extend(matches)
         elif p.is_file():
             files.append(p)
@@ -32,8 +34,11 @@ def builtin_corpus_files() -> list[Path]:
     """`*.py` under the interpreter's standard library, test suites excluded."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-    files = [f for f in sorted(stdlib.rglob("*.py"))
-             if not skip.intersection(f.relative_to(stdlib).parts[:-1]) and not f.name.startswith("test_")]
+    files = [
+        f
+        for f in sorted(stdlib.rglob("*.py"))
+        if not skip.intersection(f.relative_to(stdlib).parts[:-1]) and not f.name.startswith("test_")
+    ]
     if not files:
         raise LmforgeError(f"found no Python sources under {stdlib}; pass --data to use your own text")
     return files

@@ -99,7 +99,9 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_model(
+    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
     """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
     from lmforge.models import build_model
 
@@ -118,17 +120,26 @@ def load_weights(model, ckpt_dir: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise LmforgeError(f"the checkpoint in {ckpt_dir} lacks {len(missing)} weights (first: {missing[0]}); "
-                           "it is incomplete or for another architecture")
+        raise LmforgeError(
+            f"the checkpoint in {ckpt_dir} lacks {len(missing)} weights (first: {missing[0]}); "
+            "it is incomplete or for another architecture"
+        )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise LmforgeError(f"weight {key} has shape {tuple(state[key].shape)} but config.json implies "
-                               f"{tuple(tensor.shape)}; the config and weights do not match")
+            raise LmforgeError(
+                f"weight {key} has shape {tuple(state[key].shape)} but config.json implies "
+                f"{tuple(tensor.shape)}; the config and weights do not match"
+            )
     model.load_state_dict(state)
 
 
-def save_model(model, out_dir: str | Path, *, max_shard_size: int | None = None,
-               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_model(
+    model,
+    out_dir: str | Path,
+    *,
+    max_shard_size: int | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """config.json and safetensors weights (sharded above max_shard_size bytes) that `transformers` opens.
 
     state_dict, when given, replaces model.state_dict() (a sharded model's gathered full weights).

@@ -77,7 +77,9 @@ class CausalLM(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def save_pretrained(self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None) -> None:
+    def save_pretrained(
+        self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None
+    ) -> None:
         """Write config.json and model.safetensors that `transformers` opens directly."""
         from lmforge.hf.checkpoint import save_model
 

@@ -46,8 +46,10 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     """(JSON-able Python and NumPy states, torch state tensors)."""
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
-    json_state = {"python": [py_version, list(py_internal), py_gauss],
-                  "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])]}
+    json_state = {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
+    }
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -71,7 +73,10 @@ def flatten_optimizer(optim_state: dict) -> tuple[dict[str, torch.Tensor], list[
     for name, state in optim_state["state"].items():
         for key, value in state.items():
             tensors[f"{name}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in optim_state["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in optim_state["param_groups"]
+    ]
     return tensors, groups
 
 
@@ -99,8 +104,9 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def write_checkpoint(out: Path, step: int, *, save_model, optim_state: dict,
-                     trainer_state: dict, keep_last: int | None) -> Path:
+def write_checkpoint(
+    out: Path, step: int, *, save_model, optim_state: dict, trainer_state: dict, keep_last: int | None
+) -> Path:
     """Write checkpoint `step` atomically and prune old ones; returns its directory.
 
     save_model(dir) writes the Hugging Face model and tokenizer files. On any OSError the
@@ -140,8 +146,12 @@ def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """(trainer_state, optimizer state dict, rng tensors) of a checkpoint directory."""
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        optim = unflatten_optimizer(load_file(ckpt / "optimizer.safetensors"), state["optimizer_param_groups"])
+        optim = unflatten_optimizer(
+            load_file(ckpt / "optimizer.safetensors"), state["optimizer_param_groups"]
+        )
         rng = load_file(ckpt / "rng.safetensors")
     except (OSError, ValueError, KeyError) as e:
-        raise LmforgeError(f"checkpoint {ckpt} is unreadable ({e}); delete it to resume from an earlier one") from None
+        raise LmforgeError(
+            f"checkpoint {ckpt} is unreadable ({e}); delete it to resume from an earlier one"
+        ) from None
     return state, optim, rng

@@ -57,7 +57,9 @@ def wrap_model(model: nn.Module, world: World, *, fsdp: bool = False) -> nn.Modu
         return fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    return DistributedDataParallel(
+        model, device_ids=[world.device.index] if world.device.type == "cuda" else None
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

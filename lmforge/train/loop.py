@@ -60,13 +60,16 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every"):
             if getattr(self, name) < 1:
-                raise LmforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise LmforgeError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if not self.lr > 0:
             raise LmforgeError(f"--lr must be positive, got {self.lr}")
 
 
-def accumulate_gradients(model, micro_batches: list[dict], loss_fn, world: World,
-                         autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+def accumulate_gradients(
+    model, micro_batches: list[dict], loss_fn, world: World, autocast=nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Backpropagate the global batch's mean token loss; returns (mean loss, global token count).
 
     Each micro-batch contributes sum(token losses) / (tokens in the global batch), times the world
@@ -88,9 +91,19 @@ def accumulate_gradients(model, micro_batches: list[dict], loss_fn, world: World
 class Trainer:
     """Runs `config.max_steps` optimizer steps of `loss_fn` over `train_batch(step, micro)` batches."""
 
-    def __init__(self, model, config: TrainConfig, *, train_batch: Callable[[int, int], dict],
-                 eval_batches: list[dict], world: World, tokenizer=None, loss_fn=causal_lm_loss,
-                 fingerprint: dict | None = None, sample_prompt: str | None = None):
+    def __init__(
+        self,
+        model,
+        config: TrainConfig,
+        *,
+        train_batch: Callable[[int, int], dict],
+        eval_batches: list[dict],
+        world: World,
+        tokenizer=None,
+        loss_fn=causal_lm_loss,
+        fingerprint: dict | None = None,
+        sample_prompt: str | None = None,
+    ):
         self.config, self.world, self.tokenizer = config, world, tokenizer
         self.train_batch, self.eval_set, self.loss_fn = train_batch, eval_batches, loss_fn
         self.fingerprint, self.sample_prompt = fingerprint or {}, sample_prompt
@@ -131,27 +144,42 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
         latest = ckpt.latest_checkpoint(self.out)
         if latest is not None and not self.config.resume:
-            raise LmforgeError(f"{self.out} already holds checkpoints ({latest.name}); pass --resume to continue "
-                               "that run, or choose another --out")
+            raise LmforgeError(
+                f"{self.out} already holds checkpoints ({latest.name}); pass --resume to continue "
+                "that run, or choose another --out"
+            )
         return latest if self.config.resume else None
 
     def _check_fingerprint(self, state: dict, path: Path) -> None:
         saved = state.get("fingerprint", {})
         changed = [k for k in self.fingerprint if k in saved and saved[k] != self.fingerprint[k]]
         if changed and not self.config.force:
-            raise LmforgeError(f"cannot resume from {path}: the {', '.join(changed)} differ from that run's; "
-                               "pass --force to resume anyway, or choose another --out")
+            raise LmforgeError(
+                f"cannot resume from {path}: the {', '.join(changed)} differ from that run's; "
+                "pass --force to resume anyway, or choose another --out"
+            )
 
     def fit(self) -> dict:
         """Train to max_steps (or the time limit); returns the last metrics row."""
         from lmforge.train.metrics import MetricsLog
 
         cfg, world = self.config, self.world
-        log = MetricsLog(self.out / "metrics.jsonl", resume_from_step=self.start_step if cfg.resume else None,
-                         tensorboard_dir=str(self.out / "tensorboard") if cfg.tensorboard else None) \
-            if world.is_main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.start_step, disable=not (world.is_main and cfg.progress),
-                   unit="step", dynamic_ncols=True)
+        log = (
+            MetricsLog(
+                self.out / "metrics.jsonl",
+                resume_from_step=self.start_step if cfg.resume else None,
+                tensorboard_dir=str(self.out / "tensorboard") if cfg.tensorboard else None,
+            )
+            if world.is_main
+            else None
+        )
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.start_step,
+            disable=not (world.is_main and cfg.progress),
+            unit="step",
+            dynamic_ncols=True,
+        )
         started, row = time.perf_counter(), {}
         self.model.train()
         for step in range(self.start_step, cfg.max_steps):
@@ -166,7 +194,9 @@ class Trainer:
             if log:
                 log.log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", lr=f"{row['lr']:.2e}")
+            bar.set_postfix(
+                loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", lr=f"{row['lr']:.2e}"
+            )
             if (step + 1) % cfg.save_every == 0 or done:
                 self.save_checkpoint(step + 1)
             if done:
@@ -194,8 +224,13 @@ class Trainer:
 
     def _train_step(self, step: int) -> dict:
         cfg = self.config
-        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                   min_lr_ratio=cfg.min_lr_ratio)
+        lr = lr_at(
+            step,
+            lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            max_steps=cfg.max_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [self._to_device(self.train_batch(step, m)) for m in range(cfg.grad_accum)]
@@ -209,15 +244,20 @@ class Trainer:
                 return {**row, "skipped": True}
             latest = ckpt.latest_checkpoint(self.out)
             what = "loss" if not math.isfinite(loss) else "gradient norm"
-            raise LmforgeError(f"non-finite {what} at step {step + 1} (loss {loss}, grad norm {grad_norm}); "
-                               f"stopped, keeping the last good checkpoint ({latest or 'none yet'}). "
-                               "Lower --lr, or pass --skip-nonfinite to skip such steps")
+            raise LmforgeError(
+                f"non-finite {what} at step {step + 1} (loss {loss}, grad norm {grad_norm}); "
+                f"stopped, keeping the last good checkpoint ({latest or 'none yet'}). "
+                "Lower --lr, or pass --skip-nonfinite to skip such steps"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return row
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.world.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {
+            k: v.to(self.world.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -248,8 +288,15 @@ class Trainer:
         model = unwrap(self.raw_model)
         model.eval()
         with self.autocast():
-            text = generate(model, self.tokenizer, self.sample_prompt, max_new_tokens=self.config.sample_tokens,
-                            temperature=0.8, top_k=40, seed=self.config.seed)
+            text = generate(
+                model,
+                self.tokenizer,
+                self.sample_prompt,
+                max_new_tokens=self.config.sample_tokens,
+                temperature=0.8,
+                top_k=40,
+                seed=self.config.seed,
+            )
         model.train()
         if self.world.is_main:
             bar.write(f"--- sample at step {step} ---\n{self.sample_prompt}{text}\n---")
@@ -267,10 +314,19 @@ class Trainer:
         model_state = get_model_state_dict(self.raw_model, options=options)
         optim_state = get_optimizer_state_dict(self.raw_model, self.optimizer, options=options)
         if self.world.is_main:
-            state = {"fingerprint": self.fingerprint, "config": asdict(self.config),
-                     "data_position": {"step": step, "samples": step * self._global_batch()}}
-            ckpt.write_checkpoint(self.out, step, save_model=lambda d: self._save_model(d, model_state),
-                                  optim_state=optim_state, trainer_state=state, keep_last=self.config.keep_last)
+            state = {
+                "fingerprint": self.fingerprint,
+                "config": asdict(self.config),
+                "data_position": {"step": step, "samples": step * self._global_batch()},
+            }
+            ckpt.write_checkpoint(
+                self.out,
+                step,
+                save_model=lambda d: self._save_model(d, model_state),
+                optim_state=optim_state,
+                trainer_state=state,
+                keep_last=self.config.keep_last,
+            )
         barrier(self.world)
 
     def _global_batch(self) -> int:

@@ -16,8 +16,12 @@ IGNORE_INDEX = -100  # label value of positions that carry no loss (padding, pro
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of logits (B, T, V) against labels (B, T), and the number of counted tokens."""
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     return loss, (labels != IGNORE_INDEX).sum()
 
 

@@ -23,7 +23,9 @@ OBJECTIVES = ("clm",)
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    data: list[str] = field(default_factory=list)  # files, directories or a prepared dir; empty: built-in corpus
+    data: list[str] = field(
+        default_factory=list
+    )  # files, directories or a prepared dir; empty: built-in corpus
     preset: str = "tiny"
     objective: str = "clm"
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the data
@@ -34,7 +36,9 @@ class PretrainConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
-            raise LmforgeError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+            raise LmforgeError(
+                f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}"
+            )
 
 
 def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
@@ -44,8 +48,14 @@ def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
     from lmforge.data.prepare import PrepareConfig, prepare
 
     out = Path(config.out) / "data"
-    wanted = PrepareConfig(data=list(config.data), out=str(out), glob=config.glob, tokenizer=config.tokenizer,
-                           vocab_size=config.vocab_size, seed=config.seed)
+    wanted = PrepareConfig(
+        data=list(config.data),
+        out=str(out),
+        glob=config.glob,
+        tokenizer=config.tokenizer,
+        vocab_size=config.vocab_size,
+        seed=config.seed,
+    )
     if world.is_main and not _same_prepare(out, wanted):
         prepare(wanted, progress=config.progress)
         (out / "prepare_config.json").write_text(json.dumps(dataclasses.asdict(wanted), indent=1))
@@ -55,8 +65,11 @@ def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
 
 def _same_prepare(out: Path, wanted) -> bool:
     done = out / "prepare_config.json"
-    return done.is_file() and (out / "manifest.json").is_file() and \
-        json.loads(done.read_text()) == json.loads(json.dumps(dataclasses.asdict(wanted)))
+    return (
+        done.is_file()
+        and (out / "manifest.json").is_file()
+        and json.loads(done.read_text()) == json.loads(json.dumps(dataclasses.asdict(wanted)))
+    )
 
 
 def pretrain(config: PretrainConfig) -> dict:
@@ -73,22 +86,44 @@ def pretrain(config: PretrainConfig) -> dict:
         train_file, val_file = TokenFile.load(data_dir, "train"), TokenFile.load(data_dir, "val")
         tok = load_tokenizer(data_dir)
         seed_everything(config.seed)
-        model_config = get_preset(config.preset, vocab_size=_round_up(tok.vocab_size, 64),
-                                  max_seq_len=max(config.seq_len, get_preset(config.preset).max_seq_len),
-                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        model_config = get_preset(
+            config.preset,
+            vocab_size=_round_up(tok.vocab_size, 64),
+            max_seq_len=max(config.seq_len, get_preset(config.preset).max_seq_len),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         model = build_model(model_config)
-        print0(f"model: {config.preset} ({model.num_params() / 1e6:.2f}M parameters), "
-               f"data: {train_file.manifest['train_tokens']:,} training tokens from {data_dir}")
-        batches = PackedBatches(train_file, config.seq_len, config.batch_size, seed=config.seed, rank=world.rank,
-                                world_size=world.size, grad_accum=config.grad_accum)
+        print0(
+            f"model: {config.preset} ({model.num_params() / 1e6:.2f}M parameters), "
+            f"data: {train_file.manifest['train_tokens']:,} training tokens from {data_dir}"
+        )
+        batches = PackedBatches(
+            train_file,
+            config.seq_len,
+            config.batch_size,
+            seed=config.seed,
+            rank=world.rank,
+            world_size=world.size,
+            grad_accum=config.grad_accum,
+        )
         eval_set = PackedBatches(val_file, config.seq_len, config.batch_size, seed=config.seed)
         hf_config = {k: v for k, v in to_hf_config(model_config).items() if k != "torch_dtype"}
-        fingerprint = {"model": hf_config, "tokenizer": train_file.manifest["tokenizer_sha256"],
-                       "data": {k: train_file.manifest[k] for k in ("sources", "train_tokens", "val_tokens")}}
-        trainer = Trainer(model, config, train_batch=lambda s, m: _as_dict(batches.batch(s, m)),
-                          eval_batches=[_as_dict(b) for b in _eval_batches(eval_set, config.eval_batches)],
-                          world=world, tokenizer=tok, fingerprint=fingerprint,
-                          sample_prompt=_sample_prompt(tok, val_file))
+        fingerprint = {
+            "model": hf_config,
+            "tokenizer": train_file.manifest["tokenizer_sha256"],
+            "data": {k: train_file.manifest[k] for k in ("sources", "train_tokens", "val_tokens")},
+        }
+        trainer = Trainer(
+            model,
+            config,
+            train_batch=lambda s, m: _as_dict(batches.batch(s, m)),
+            eval_batches=[_as_dict(b) for b in _eval_batches(eval_set, config.eval_batches)],
+            world=world,
+            tokenizer=tok,
+            fingerprint=fingerprint,
+            sample_prompt=_sample_prompt(tok, val_file),
+        )
         return trainer.fit()
     finally:
         shutdown(world)

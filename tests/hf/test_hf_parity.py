@@ -6,16 +6,22 @@ from conftest import _quiet_transformers, make_hf_gpt2, make_hf_llama
 
 from lmforge.hf import load_model
 
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 32}
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 
 CASES = {
     "gpt2": lambda p: make_hf_gpt2(p),
     "gpt2-odd": lambda p: make_hf_gpt2(p, vocab_size=97, n_embd=36, n_layer=1, n_head=3, n_positions=40),
     "llama-gqa-untied": lambda p: make_hf_llama(p),
     "llama-gqa-tied": lambda p: make_hf_llama(p, tie=True),
-    "llama-mha-odd": lambda p: make_hf_llama(p, vocab_size=89, hidden_size=30, n_heads=5, n_kv_heads=5,
-                                             intermediate_size=77, n_layers=3),
+    "llama-mha-odd": lambda p: make_hf_llama(
+        p, vocab_size=89, hidden_size=30, n_heads=5, n_kv_heads=5, intermediate_size=77, n_layers=3
+    ),
     "llama-mqa-llama3-rope": lambda p: make_hf_llama(p, n_kv_heads=1, rope_scaling=LLAMA3_SCALING),
 }
 

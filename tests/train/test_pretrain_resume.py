@@ -18,15 +18,50 @@ from safetensors.torch import load_file
 
 from lmforge.data.prepare import PrepareConfig, prepare
 
-COMMON = ["--preset", "tiny", "--batch-size", "8", "--seq-len", "64", "--eval-every", "10", "--eval-batches", "2",
-          "--sample-tokens", "0", "--no-progress", "--precision", "float32", "--warmup-steps", "5", "--seed", "7"]
+COMMON = [
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "64",
+    "--eval-every",
+    "10",
+    "--eval-batches",
+    "2",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+    "--precision",
+    "float32",
+    "--warmup-steps",
+    "5",
+    "--seed",
+    "7",
+]
 
 
 def corpus(directory: Path, n_files: int = 12, seed: int = 0) -> Path:
     import random
 
     rng = random.Random(seed)
-    words = "def class return import self value list index print yield lambda for while if else".split()
+    words = [
+        "def",
+        "class",
+        "return",
+        "import",
+        "self",
+        "value",
+        "list",
+        "index",
+        "print",
+        "yield",
+        "lambda",
+        "for",
+        "while",
+        "if",
+        "else",
+    ]
     directory.mkdir(parents=True)
     for i in range(n_files):
         lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(200)]
@@ -44,8 +79,14 @@ def data_dir(tmp_path_factory):
 
 def spawn(*args, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lmforge", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def run(*args) -> subprocess.CompletedProcess:
@@ -77,8 +118,9 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path, dat
     assert done.returncode == 0, done.stderr
 
     proc = spawn(*args, "--out", killed)
-    progressed = wait_for(lambda: max(losses(killed), default=0) >= 25 if (killed / "metrics.jsonl").exists()
-                          else False, proc)
+    progressed = wait_for(
+        lambda: max(losses(killed), default=0) >= 25 if (killed / "metrics.jsonl").exists() else False, proc
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert progressed and proc.returncode == -signal.SIGKILL, "the run must be killed mid-way"
@@ -94,12 +136,32 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path, dat
 
 def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, data_dir):
     out = tmp_path / "run"
-    args = ["pretrain", "--data", data_dir, *COMMON, "--preset", "demo", "--batch-size", "1", "--seq-len", "16",
-            "--max-steps", 4, "--save-every", 2, "--eval-every", 100, "--out", out]
+    args = [
+        "pretrain",
+        "--data",
+        data_dir,
+        *COMMON,
+        "--preset",
+        "demo",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--max-steps",
+        4,
+        "--save-every",
+        2,
+        "--eval-every",
+        100,
+        "--out",
+        out,
+    ]
     proc = spawn(*args)
     ckpts = out / "checkpoints"
     # The first checkpoint completes; kill while the second is still a temporary directory.
-    caught = wait_for(lambda: (ckpts / "step-00000002").is_dir() and any(ckpts.glob(".tmp-step-00000004-*")), proc)
+    caught = wait_for(
+        lambda: (ckpts / "step-00000002").is_dir() and any(ckpts.glob(".tmp-step-00000004-*")), proc
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert caught, "did not catch the checkpoint write in progress"
@@ -121,8 +183,10 @@ def test_resume_refuses_other_data_unless_forced(tmp_path, data_dir):
     args = [*COMMON, "--max-steps", 4, "--save-every", 2, "--out", out]
     assert run("pretrain", "--data", data_dir, *args).returncode == 0
     other = tmp_path / "other"
-    prepare(PrepareConfig(data=[str(corpus(tmp_path / "text2", seed=1))], out=str(other), vocab_size=300),
-            progress=False)
+    prepare(
+        PrepareConfig(data=[str(corpus(tmp_path / "text2", seed=1))], out=str(other), vocab_size=300),
+        progress=False,
+    )
     refused = run("pretrain", "--data", other, *args, "--max-steps", 6, "--resume")
     assert refused.returncode == 2 and "--force" in refused.stderr and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
@@ -145,8 +209,24 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir):
     good = run("pretrain", "--data", data_dir, *COMMON, "--max-steps", 2, "--save-every", 2, "--out", out)
     assert good.returncode == 0
     before = (out / "checkpoints" / "step-00000002" / "model.safetensors").read_bytes()
-    blown = run("pretrain", "--data", data_dir, *COMMON, "--max-steps", 30, "--save-every", 100, "--out", out,
-                "--resume", "--force", "--lr", "1e30", "--warmup-steps", "1")
+    blown = run(
+        "pretrain",
+        "--data",
+        data_dir,
+        *COMMON,
+        "--max-steps",
+        30,
+        "--save-every",
+        100,
+        "--out",
+        out,
+        "--resume",
+        "--force",
+        "--lr",
+        "1e30",
+        "--warmup-steps",
+        "1",
+    )
     assert blown.returncode == 2 and "non-finite" in blown.stderr and "Traceback" not in blown.stderr
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
     assert (out / "checkpoints" / "step-00000002" / "model.safetensors").read_bytes() == before
@@ -154,8 +234,23 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir):
 
 def test_skip_nonfinite_skips_the_step(tmp_path, data_dir):
     out = tmp_path / "run"
-    r = run("pretrain", "--data", data_dir, *COMMON, "--max-steps", 6, "--save-every", 100, "--out", out,
-            "--lr", "1e30", "--warmup-steps", "1", "--skip-nonfinite")
+    r = run(
+        "pretrain",
+        "--data",
+        data_dir,
+        *COMMON,
+        "--max-steps",
+        6,
+        "--save-every",
+        100,
+        "--out",
+        out,
+        "--lr",
+        "1e30",
+        "--warmup-steps",
+        "1",
+        "--skip-nonfinite",
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(row.get("skipped") for row in rows)
