@@ -118,7 +118,7 @@ def pretrain(config: PretrainConfig) -> dict:
             model,
             config,
             train_batch=lambda s, m: _as_dict(batches.batch(s, m)),
-            eval_batches=[_as_dict(b) for b in _eval_batches(eval_set, config.eval_batches)],
+            eval_batches=[_as_dict(b) for b in _eval_batches(eval_set, config.eval_batches * world.size)],
             world=world,
             tokenizer=tok,
             fingerprint=fingerprint,
@@ -135,6 +135,7 @@ def _as_dict(batch) -> dict:
 
 
 def _eval_batches(eval_set, n: int) -> list:
+    # n scales with the number of processes, so the validation windows depend only on the global batch.
     n = min(n, eval_set.token_file.num_windows(eval_set.seq_len) // eval_set.batch_size)
     return eval_set.eval_batches(max(n, 1))
 
