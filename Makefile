@@ -23,8 +23,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check lmforge tests bench
 
+# Pretrain the `demo` preset on the built-in corpus (configs/demo.toml), then generate from the result.
 demo: install
-	$(BIN)/python -m lmforge demo
+	$(BIN)/lmforge pretrain --config configs/demo.toml
+	$(BIN)/lmforge generate --model runs/demo --prompt "class Stack:" --max-new-tokens 200 --temperature 0.6 --top-k 40 --seed 0
 
 bench: install
 	$(BIN)/python -m bench

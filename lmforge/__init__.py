@@ -25,6 +25,10 @@ _EXPORTS = {
     "LlamaConfig": "lmforge.models",
     "build_model": "lmforge.models",
     "get_preset": "lmforge.models",
+    "PrepareConfig": "lmforge.data.prepare",
+    "prepare": "lmforge.data.prepare",
+    "PretrainConfig": "lmforge.train.pretrain",
+    "pretrain": "lmforge.train.pretrain",
     "load_tokenizer": "lmforge.tokenizers",
     "train_tokenizer": "lmforge.tokenizers",
 }

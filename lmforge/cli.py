@@ -89,6 +89,10 @@ def cmd_pretrain(args) -> None:
             f", validation loss {row['val_loss']:.4f}" if "val_loss" in row else ""
         )
         print(f"finished at step {row['step']}: {summary}; model in {config.out}")
+    else:
+        print(
+            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
+        )
 
 
 def build_parser() -> ArgumentParser:
@@ -103,7 +107,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--bench", action="store_true", help="print decoding speed (tokens/s) to standard error")
     p.add_argument("--config", help="a TOML or YAML recipe with generation settings")
-    cfg.add_arguments(p, GenerationConfig, help={"temperature": "0 means greedy"})
+    cfg.add_arguments(p, GenerationConfig)
     _add_runtime_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -112,7 +116,7 @@ def build_parser() -> ArgumentParser:
 
     p = verbs.add_parser("prepare", help="tokenize a corpus into token files for pretraining")
     p.add_argument("--config", help="a TOML or YAML recipe")
-    cfg.add_arguments(p, PrepareConfig, help={"data": "files or directories (default: the built-in corpus)"})
+    cfg.add_arguments(p, PrepareConfig)
     p.set_defaults(func=cmd_prepare)
 
     p = verbs.add_parser("pretrain", help="train a language model from scratch")
@@ -122,7 +126,6 @@ def build_parser() -> ArgumentParser:
         PretrainConfig,
         help={
             "data": "files, directories or a prepared directory (default: the built-in corpus)",
-            "preset": "model size: tiny, demo, gpt2, llama-tiny, ...",
         },
     )
     p.set_defaults(func=cmd_pretrain)

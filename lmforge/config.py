@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from pathlib import Path
@@ -30,16 +32,30 @@ def _base_type(annotation):
     return annotation, False
 
 
+def field_comments(cls) -> dict[str, str]:
+    """{field: its trailing `# comment`} from the class source (and its bases'): the flags' help text."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for name, text in re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE):
+            comments[name] = text.strip()
+    return comments
+
+
 def add_arguments(
     parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), help: dict | None = None
 ):
     """Add one flag per field of dataclass `cls` (defaults left unset so recipes can fill them)."""
     hints = typing.get_type_hints(cls)
+    texts = {**field_comments(cls), **(help or {})}
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
         kind, is_list = _base_type(hints[f.name])
-        text = (help or {}).get(f.name)
+        text = texts.get(f.name)
         if kind is bool:
             parser.add_argument(
                 _flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text

@@ -46,17 +46,17 @@ class PrepareConfig:
     """What `lmforge prepare` reads, how it tokenizes, and where it writes."""
 
     data: list[str] = field(default_factory=list)  # files or directories; empty: the built-in corpus
-    out: str = ""
+    out: str = ""  # the directory for train.bin, val.bin, manifest.json and the tokenizer
     glob: str = "*.txt"  # which files to take from directories (recursively)
-    jsonl_field: str = "text"
-    parquet_column: str = "text"
+    jsonl_field: str = "text"  # the text field of JSON Lines records
+    parquet_column: str = "text"  # the text column of Parquet files
     dataset: str | None = None  # a Hugging Face dataset name or local path, read with `datasets`
-    dataset_split: str = "train"
-    dataset_column: str = "text"
+    dataset_split: str = "train"  # the split of --dataset
+    dataset_column: str = "text"  # the text column of --dataset
     tokenizer: str | None = None  # a tokenizer directory; None trains a byte-level BPE on the data
-    vocab_size: int = 4096
-    val_fraction: float = 0.01
-    seed: int = 1337
+    vocab_size: int = 4096  # of the tokenizer trained when none is given
+    val_fraction: float = 0.01  # share of documents held out for validation
+    seed: int = 1337  # seeds the train/validation split
     workers: int | None = None  # tokenizer threads; None: all cores
 
 

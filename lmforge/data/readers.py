@@ -28,6 +28,8 @@ PARQUET_SUFFIXES = (".parquet",)
 _MAX_LISTED_FILES = 20
 _REPLACEMENT = "\ufffd"
 _REPLACEMENT_UTF8 = _REPLACEMENT.encode("utf-8")
+# A text file with invalid UTF-8 sequences in more than 1/_BINARY_FRACTION of its bytes is refused as binary.
+_BINARY_FRACTION = 4
 _BOM = "\ufeff"  # a byte order mark some editors put first; it is not text
 _PARQUET_BATCH_ROWS = 1024
 
@@ -101,7 +103,18 @@ def _open(path: Path):
 
 def _read_text(path: Path, stats: ReadStats) -> Iterator[str]:
     with _open(path) as f:
-        text, replaced = decode_utf8(f.read())
+        data = f.read()
+    text, replaced = decode_utf8(data)
+    # A few bad bytes in a text file are replaced and reported; a file that is mostly not UTF-8 (or holds
+    # NUL bytes) is binary or in another encoding, and training on it would be training on noise.
+    has_nul = b"\x00" in data
+    if has_nul or replaced * _BINARY_FRACTION > len(data):
+        nul = ", and NUL bytes" if has_nul else ""
+        raise LmforgeError(
+            f"{path} is not UTF-8 text ({replaced} invalid byte sequences in {len(data)} bytes{nul}); "
+            "convert it to UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`) or leave it out with --glob"
+        )
     stats.add_replacements(str(path), replaced)
     yield text.removeprefix(_BOM)
 

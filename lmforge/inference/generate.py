@@ -27,16 +27,16 @@ class GenerationConfig:
     """How to generate. Temperature 0 is greedy; num_beams > 1 is beam search, which is deterministic
     (temperature, top_k and top_p do not apply to it) and cannot stream."""
 
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    use_cache: bool = True
+    max_new_tokens: int = 64  # tokens to generate at most
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int | None = None  # sample among the k most likely tokens
+    top_p: float | None = None  # sample among the most likely tokens holding probability p, in (0, 1]
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already present
+    seed: int | None = None  # makes sampling reproducible
+    stop: list[str] = field(default_factory=list)  # strings that end the text (never printed)
+    num_beams: int = 1  # > 1: beam search
+    length_penalty: float = 1.0  # beam search: > 1 favours longer texts
+    use_cache: bool = True  # KV cache (off recomputes every step)
 
     def __post_init__(self):
         if isinstance(self.stop, str):

@@ -31,31 +31,31 @@ from lmforge.train.optim import lr_at, make_optimizer
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/lm"
-    max_steps: int = 1000
+    out: str = "runs/lm"  # the run directory: checkpoints, metrics.jsonl, loss.png, the final model
+    max_steps: int = 1000  # optimizer steps to train for
     batch_size: int = 8  # sequences per micro-batch, per process
-    grad_accum: int = 1
-    seq_len: int = 256
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 10
-    save_every: int = 500
-    keep_last: int = 3
-    sample_tokens: int = 48
-    seed: int = 1337
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 256  # tokens per training sequence
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay (never on norms, biases, embeddings)
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    eval_every: int = 100  # evaluate (validation loss and a sample) every N steps
+    eval_batches: int = 10  # validation batches per evaluation
+    save_every: int = 500  # write a checkpoint every N steps (and at the end)
+    keep_last: int = 3  # checkpoints to keep
+    sample_tokens: int = 48  # tokens generated as a sample at each evaluation (0: none)
+    seed: int = 1337  # seeds the model init, data order and sampling
     precision: str = "auto"  # autocast dtype: auto (bf16 where native), bfloat16, float32
-    compile: bool = False
-    skip_nonfinite: bool = False
-    tensorboard: bool = False
-    resume: bool = False
-    force: bool = False
-    fsdp: bool = False
+    compile: bool = False  # torch.compile the model
+    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient instead of stopping
+    tensorboard: bool = False  # also log to OUT/tensorboard (needs tensorboard installed)
+    resume: bool = False  # continue from the latest complete checkpoint in OUT
+    force: bool = False  # resume even if the model, tokenizer or data changed
+    fsdp: bool = False  # under torchrun, shard parameters with FSDP2 instead of DDP
     max_minutes: float = 0.0  # stop (and save) after this long; 0 means no limit
-    progress: bool = True
+    progress: bool = True  # show the progress bar
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every"):

@@ -26,12 +26,12 @@ class PretrainConfig(TrainConfig):
     data: list[str] = field(
         default_factory=list
     )  # files, directories or a prepared dir; empty: built-in corpus
-    preset: str = "tiny"
-    objective: str = "clm"
+    preset: str = "tiny"  # model size: tiny, demo, gpt2, gpt2-medium, llama-tiny, llama-demo, llama-1b
+    objective: str = "clm"  # training objective: clm (causal language modelling)
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the data
     vocab_size: int = 4096  # of the tokenizer trained when none is given
     glob: str = "*.txt"  # which files to read from directories
-    device: str | None = None
+    device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
     def __post_init__(self):
         super().__post_init__()

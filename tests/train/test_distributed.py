@@ -10,14 +10,36 @@ from test_pretrain_resume import corpus
 
 from lmforge.data.prepare import PrepareConfig, prepare
 
-ARGS = ["--preset", "tiny", "--seq-len", "32", "--max-steps", "20", "--eval-every", "10", "--eval-batches", "2",
-        "--save-every", "10", "--sample-tokens", "0", "--no-progress", "--precision", "float32", "--seed", "3"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--max-steps",
+    "20",
+    "--eval-every",
+    "10",
+    "--eval-batches",
+    "2",
+    "--save-every",
+    "10",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+    "--precision",
+    "float32",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    prepare(PrepareConfig(data=[str(corpus(root / "text"))], out=str(root / "data"), vocab_size=300), progress=False)
+    prepare(
+        PrepareConfig(data=[str(corpus(root / "text"))], out=str(root / "data"), vocab_size=300),
+        progress=False,
+    )
     return root / "data"
 
 
@@ -34,11 +56,42 @@ def _run(cmd):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, fsdp):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    _run([sys.executable, "-m", "lmforge", "pretrain", "--data", str(data_dir), *ARGS, "--batch-size", "8",
-          "--out", str(single)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lmforge",
-          "pretrain", "--data", str(data_dir), *ARGS, "--batch-size", "4", "--out", str(multi),
-          *(["--fsdp"] if fsdp else [])])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "pretrain",
+            "--data",
+            str(data_dir),
+            *ARGS,
+            "--batch-size",
+            "8",
+            "--out",
+            str(single),
+        ]
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "lmforge",
+            "pretrain",
+            "--data",
+            str(data_dir),
+            *ARGS,
+            "--batch-size",
+            "4",
+            "--out",
+            str(multi),
+            *(["--fsdp"] if fsdp else []),
+        ]
+    )
     one, two = _rows(single), _rows(multi)
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 21))
     for a, b in zip(one, two):
