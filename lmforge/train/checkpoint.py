@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
@@ -109,8 +110,9 @@ def write_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically and prune old ones; returns its directory.
 
-    save_model(dir) writes the Hugging Face model and tokenizer files. On any OSError the
-    temporary directory is removed and the previous checkpoint stays the latest.
+    save_model(dir) writes the Hugging Face model and tokenizer files. On any failed write (disk full,
+    permission, file size limit) the temporary directory is removed and the previous checkpoint stays
+    the latest.
     """
     root = Path(out) / "checkpoints"
     final = root / f"step-{step:08d}"
@@ -131,11 +133,13 @@ def write_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as e:
+    except (OSError, SafetensorError, LmforgeError) as e:
+        # NOTE: safetensors reports I/O failures as SafetensorError, not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(out)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise LmforgeError(f"could not write checkpoint {final}: {e.strerror or e}; {kept}") from None
+        reason = getattr(e, "strerror", None) or str(e)
+        raise LmforgeError(f"could not write checkpoint {final}: {reason}; {kept}") from None
     if keep_last:
         for old in checkpoint_dirs(out)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
