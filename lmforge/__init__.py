@@ -6,6 +6,7 @@ The public API:
     tok = lmforge.load_tokenizer("DIR")
     logits = model(input_ids)                  # (batch, seq, vocab)
     text = lmforge.generate(model, tok, "a prompt", max_new_tokens=50, temperature=0.0)
+    vectors = lmforge.embed(encoder, tok, ["a sentence", "another"])  # (2, d_model), unit length
     model.save_pretrained("OUT"); tok.save_pretrained("OUT")
 """
 
@@ -20,9 +21,11 @@ _EXPORTS = {
     "LmforgeError": "lmforge.errors",
     "load_model": "lmforge.hf",
     "generate": "lmforge.inference",
+    "embed": "lmforge.inference.embed",
     "GenerationConfig": "lmforge.inference",
     "GPT2Config": "lmforge.models",
     "LlamaConfig": "lmforge.models",
+    "T5Config": "lmforge.models",
     "build_model": "lmforge.models",
     "get_preset": "lmforge.models",
     "PrepareConfig": "lmforge.data.prepare",

@@ -22,7 +22,21 @@ from lmforge.hf.keys import from_hf_state, to_hf_state
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-TIED = ("gpt2",)  # families whose output head is always the token embedding
+HEAD_FROM_EMBEDDING = ("t5",)  # families whose untied head, when missing, starts as the embedding
+OPTIONAL_HEADS = ("pooler.",)  # heads a checkpoint may hold that a model may leave out
+
+
+def tied_weights(model) -> dict[str, str]:
+    """{name: the name it shares its tensor with} for every tied parameter (an output head that
+    reuses the token embedding); the first name of each shared tensor is the one stored."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
 
 
 def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
@@ -108,16 +122,31 @@ def load_model(
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
     model = build_model(from_hf_config(read_json(ckpt_dir / "config.json")))
     load_weights(model, ckpt_dir)
+    model.name_or_path = str(ckpt_dir)  # where it came from: embed reads sentence-transformers settings there
     return model.to(device=device, dtype=dtype).eval()
 
 
 def load_weights(model, ckpt_dir: Path) -> None:
     """Load a checkpoint directory's weights into `model`, checking every name and shape."""
     config = model.config
-    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers)
-    if "lm_head.weight" not in state and model.lm_head.weight is model.embed.weight:
-        state["lm_head.weight"] = state.get("embed.weight")
+    n_decoder_layers = getattr(config, "n_decoder_layers", None)
+    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers, n_decoder_layers)
+    for name, source in tied_weights(model).items():
+        if name not in state and source in state:
+            state[name] = state[source]
+    if config.model_type in HEAD_FROM_EMBEDDING and "lm_head.weight" not in state and "embed.weight" in state:
+        # transformers 5 ties every T5 head in memory, so its T5 v1.1 saves lack lm_head.weight
+        state["lm_head.weight"] = state["embed.weight"]
     expected = model.state_dict()
+    # A head the model was not built with (the pooler of a BertForPreTraining file opened as a
+    # masked LM) is dropped; any other stray weight means the config and weights disagree.
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(OPTIONAL_HEADS)}
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise LmforgeError(
+            f"the checkpoint in {ckpt_dir} has {len(unexpected)} weights the model lacks (first: "
+            f"{unexpected[0]}); is config.json the one that goes with these weights?"
+        )
     missing = sorted(set(expected) - set(state))
     if missing:
         raise LmforgeError(
@@ -147,9 +176,10 @@ def save_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = dict(state_dict if state_dict is not None else model.state_dict())
-    if model.config.model_type in TIED or getattr(model.config, "tie_embeddings", False):
-        state.pop("lm_head.weight", None)  # tied: stored once, as the embedding
-    hf_state = to_hf_state(state, model.config.model_type, model.config.n_layers)
+    for name in tied_weights(model):
+        state.pop(name, None)  # tied: stored once, as the embedding
+    n_decoder_layers = getattr(model.config, "n_decoder_layers", None)
+    hf_state = to_hf_state(state, model.config.model_type, model.config.n_layers, n_decoder_layers)
     hf_state = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
     hf_config = to_hf_config(model.config)
     hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")

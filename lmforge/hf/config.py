@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from lmforge.errors import LmforgeError
-from lmforge.models import FAMILIES, GPT2Config, LlamaConfig
+from lmforge.models import FAMILIES, BertConfig, GPT2Config, LlamaConfig, T5Config
 
 COMMON_KEYS = [
     ("vocab_size", "vocab_size"),
@@ -41,7 +41,31 @@ LLAMA_KEYS = COMMON_KEYS + [
     ("attention_bias", "attention_bias"),
     ("mlp_bias", "mlp_bias"),
 ]
-KEYS = {"gpt2": GPT2_KEYS, "llama": LLAMA_KEYS}
+BERT_KEYS = COMMON_KEYS + [
+    ("max_seq_len", "max_position_embeddings"),
+    ("d_model", "hidden_size"),
+    ("n_layers", "num_hidden_layers"),
+    ("n_heads", "num_attention_heads"),
+    ("d_ff", "intermediate_size"),
+    ("norm_eps", "layer_norm_eps"),
+    ("dropout", "hidden_dropout_prob"),
+    ("n_token_types", "type_vocab_size"),
+]
+T5_KEYS = COMMON_KEYS + [
+    ("max_seq_len", "n_positions"),
+    ("d_model", "d_model"),
+    ("n_layers", "num_layers"),
+    ("n_decoder_layers", "num_decoder_layers"),
+    ("n_heads", "num_heads"),
+    ("d_head", "d_kv"),
+    ("d_ff", "d_ff"),
+    ("norm_eps", "layer_norm_epsilon"),
+    ("dropout", "dropout_rate"),
+    ("n_buckets", "relative_attention_num_buckets"),
+    ("max_distance", "relative_attention_max_distance"),
+    ("decoder_start_token_id", "decoder_start_token_id"),
+]
+KEYS = {"gpt2": GPT2_KEYS, "llama": LLAMA_KEYS, "bert": BERT_KEYS, "roberta": BERT_KEYS, "t5": T5_KEYS}
 
 # Hugging Face activation names -> ours; several spellings are the same function.
 HF_ACTIVATIONS = {
@@ -53,7 +77,12 @@ HF_ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "t5": "T5ForConditionalGeneration"}
+# Encoders: the base model, or the masked-LM model when it has that head.
+ENCODER_ARCHITECTURES = {
+    "bert": ("BertModel", "BertForMaskedLM"),
+    "roberta": ("RobertaModel", "RobertaForMaskedLM"),
+}
 
 
 def from_hf_config(hf: dict):
@@ -68,6 +97,10 @@ def from_hf_config(hf: dict):
     if model_type == "gpt2":
         _check_gpt2(hf)
         fields["activation"] = _activation(hf.get("activation_function", "gelu_new"))
+    elif model_type in ENCODER_ARCHITECTURES:
+        fields.update(_encoder_fields(hf))
+    elif model_type == "t5":
+        fields.update(_t5_fields(hf))
     else:
         if _activation(hf.get("hidden_act", "silu")) != "silu":
             raise LmforgeError(f"unsupported llama hidden_act {hf['hidden_act']!r}; only silu is supported")
@@ -80,13 +113,24 @@ def from_hf_config(hf: dict):
 
 def to_hf_config(config) -> dict:
     """A config.json dict that `transformers.AutoConfig` reads back to the same model."""
-    hf = {"model_type": config.model_type, "architectures": [ARCHITECTURES[config.model_type]]}
+    if isinstance(config, BertConfig):
+        architecture = ENCODER_ARCHITECTURES[config.model_type][config.use_mlm_head]
+    else:
+        architecture = ARCHITECTURES[config.model_type]
+    hf = {"model_type": config.model_type, "architectures": [architecture]}
     for ours, theirs in KEYS[config.model_type]:
         hf[theirs] = getattr(config, ours)
     if isinstance(config, GPT2Config):
         hf["activation_function"] = {"gelu_tanh": "gelu_new"}.get(config.activation, config.activation)
         hf["embd_pdrop"] = hf["attn_pdrop"] = config.dropout
         hf["tie_word_embeddings"] = True
+    elif isinstance(config, BertConfig):
+        hf["hidden_act"] = config.activation
+        hf["attention_probs_dropout_prob"] = config.dropout
+        hf["add_pooling_layer"] = config.use_pooler
+        hf["tie_word_embeddings"] = True
+    elif isinstance(config, T5Config):
+        hf.update(_t5_hf_fields(config))
     elif isinstance(config, LlamaConfig):
         hf["hidden_act"] = "silu"
         hf["rope_theta"] = config.rope_theta
@@ -110,6 +154,54 @@ def _check_gpt2(hf: dict) -> None:
         )
     if hf.get("add_cross_attention"):
         raise LmforgeError("GPT-2 with cross-attention is not supported")
+
+
+def _encoder_fields(hf: dict) -> dict:
+    # NOTE: which heads exist is not in the config proper but in `architectures`: BertModel has the
+    # pooler, BertForMaskedLM the MLM head and no pooler, BertForPreTraining both.
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise LmforgeError("BERT as a decoder (is_decoder / add_cross_attention) is not supported")
+    kind = hf.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise LmforgeError(f"unsupported position_embedding_type {kind!r}; only absolute is supported")
+    architectures = hf.get("architectures") or []
+    use_mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
+    default_pooler = not any(a.endswith("ForMaskedLM") for a in architectures)
+    return {
+        "activation": _activation(hf.get("hidden_act", "gelu")),
+        "use_mlm_head": use_mlm_head,
+        "use_pooler": bool(hf.get("add_pooling_layer", default_pooler)),
+    }
+
+
+def _t5_fields(hf: dict) -> dict:
+    # feed_forward_proj is "relu" (v1.0) or "gated-gelu" (v1.1, Flan-T5), which means gelu_new.
+    proj = hf.get("feed_forward_proj", "relu")
+    parts = proj.split("-")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+        raise LmforgeError(f"unsupported T5 feed_forward_proj {proj!r}; expected 'relu' or 'gated-gelu'")
+    # NOTE: v1.1 configs say tie_word_embeddings=false; transformers 5 rewrites that as
+    # scale_decoder_outputs=false (and ties everything in memory). Either way: a separate head, no rescale.
+    tied = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    return {
+        "activation": _activation("gelu_new" if proj == "gated-gelu" else parts[-1]),
+        "is_gated_mlp": len(parts) == 2,
+        "tie_embeddings": bool(tied),
+    }
+
+
+def _t5_hf_fields(config: T5Config) -> dict:
+    names = {"gelu_tanh": "gelu_new"}
+    if config.is_gated_mlp:
+        if config.activation == "gelu":
+            raise LmforgeError("T5 configs cannot express a gated exact-GELU MLP; use gelu_tanh")
+        names = {"gelu_tanh": "gelu"}  # "gated-gelu" means gelu_new
+    activation = names.get(config.activation, config.activation)
+    return {
+        "feed_forward_proj": f"gated-{activation}" if config.is_gated_mlp else activation,
+        "tie_word_embeddings": config.tie_embeddings,
+        "is_encoder_decoder": True,
+    }
 
 
 def _rope_fields(hf: dict) -> dict:

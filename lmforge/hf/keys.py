@@ -22,16 +22,28 @@ class KeyMap:
     fused: dict[str, tuple[str, ...]] = field(default_factory=dict)  # HF template -> parts along dim 0
     transposed: tuple[str, ...] = ()  # HF name suffixes stored as (in, out)
     ignored: str = r"$^"  # HF keys that are buffers, not weights
+    heads: tuple[str, ...] = ("lm_head.",)  # HF keys of task heads, which sit outside `prefix`
+    # Save without `prefix` when no head is saved: BertModel checkpoints are bare, GPT2Model ones are not.
+    is_bare_without_head: bool = False
 
-    def expand(self, n_layers: int) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-        """Concrete {lmforge: hf} names and fused {hf: (lmforge, ...)} for n_layers."""
+    # Entries that replace those of `names` when the MLP is gated (T5 v1.1: wi_0 and wi_1 for wi).
+    gated_names: dict[str, str] = field(default_factory=dict)
+
+    def expand(
+        self, n_layers: int, n_decoder_layers: int | None = None, *, is_gated: bool = False
+    ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+        """Concrete {lmforge: hf} names and fused {hf: (lmforge, ...)} for n_layers (and, in
+        encoder-decoders, n_decoder_layers: templates use `{j}` for a decoder layer)."""
 
         def each(template: str) -> list[str]:
+            if "{j}" in template:
+                return [template.format(j=j) for j in range(n_decoder_layers or 0)]
             return [template.format(i=i) for i in range(n_layers)] if "{i}" in template else [template]
 
+        templates = {**self.names, **self.gated_names} if is_gated else self.names
         names = {
             ours: theirs
-            for t_ours, t_theirs in self.names.items()
+            for t_ours, t_theirs in templates.items()
             for ours, theirs in zip(each(t_ours), each(t_theirs))
         }
         fused = {}
@@ -90,21 +102,92 @@ def _llama_map() -> KeyMap:
     return KeyMap(names, "model.", ignored=r".*rotary_emb\.inv_freq$")
 
 
-KEY_MAPS = {"gpt2": _gpt2_map(), "llama": _llama_map()}
+def _bert_map(prefix: str, head: str, dense: str, norm: str) -> KeyMap:
+    """BERT and RoBERTa: the same encoder, under "bert." or "roberta.", with differently named MLM heads."""
+    names = {
+        "embed.weight": f"{prefix}embeddings.word_embeddings.weight",
+        "pos_embed.weight": f"{prefix}embeddings.position_embeddings.weight",
+        "type_embed.weight": f"{prefix}embeddings.token_type_embeddings.weight",
+        "pooler.weight": f"{prefix}pooler.dense.weight",
+        "pooler.bias": f"{prefix}pooler.dense.bias",
+        "lm_head.bias": f"{head}bias",
+    }
+    layer = {
+        **{f"attn.{x}_proj": f"attention.self.{n}" for x, n in zip("qkv", ("query", "key", "value"))},
+        "attn.o_proj": "attention.output.dense",
+        "attn_norm": "attention.output.LayerNorm",
+        "mlp.up_proj": "intermediate.dense",
+        "mlp.down_proj": "output.dense",
+        "mlp_norm": "output.LayerNorm",
+    }
+    for p in ("weight", "bias"):
+        names[f"embed_norm.{p}"] = f"{prefix}embeddings.LayerNorm.{p}"
+        names[f"lm_head.dense.{p}"] = f"{head}{dense}.{p}"
+        names[f"lm_head.norm.{p}"] = f"{head}{norm}.{p}"
+        for ours, theirs in layer.items():
+            names[f"blocks.{{i}}.{ours}.{p}"] = f"{prefix}encoder.layer.{{i}}.{theirs}.{p}"
+    # The decoder weight and bias are the token embedding and `bias` again (tied); position_ids and
+    # token_type_ids are buffers; cls.seq_relationship is the next-sentence head, not modelled.
+    ignored = (
+        r".*embeddings\.(position_ids|token_type_ids)$|.*decoder\.(weight|bias)$|cls\.seq_relationship\..*"
+    )
+    return KeyMap(
+        names, prefix, ignored=ignored, heads=(head.split(".")[0] + ".",), is_bare_without_head=True
+    )
+
+
+def _t5_map() -> KeyMap:
+    """T5: `shared` embedding, encoder blocks of (self-attention, feed-forward) and decoder blocks of
+    (self-attention, cross-attention, feed-forward) layers; the relative position bias lives in block 0."""
+    names = {"embed.weight": "shared.weight", "lm_head.weight": "lm_head.weight"}
+    gated_names = {}
+    for stack, index in (("encoder", "i"), ("decoder", "j")):
+        bias = "layer.0.SelfAttention.relative_attention_bias.weight"
+        names[f"{stack}.pos_embed.weight"] = f"{stack}.block.0.{bias}"
+        names[f"{stack}.norm.weight"] = f"{stack}.final_layer_norm.weight"
+        attentions = [("attn", "layer.0.SelfAttention", "layer.0")]
+        if stack == "decoder":
+            attentions.append(("cross_attn", "layer.1.EncDecAttention", "layer.1"))
+        mlp = f"layer.{len(attentions)}"
+        layer = {"mlp_norm": f"{mlp}.layer_norm", "mlp.up_proj": f"{mlp}.DenseReluDense.wi"}
+        layer["mlp.down_proj"] = f"{mlp}.DenseReluDense.wo"
+        for ours, theirs, sublayer in attentions:
+            layer[f"{ours}_norm"] = f"{sublayer}.layer_norm"
+            layer.update({f"{ours}.{x}_proj": f"{theirs}.{x}" for x in "qkvo"})
+        block = f"{stack}.blocks.{{{index}}}", f"{stack}.block.{{{index}}}"
+        for ours, theirs in layer.items():
+            names[f"{block[0]}.{ours}.weight"] = f"{block[1]}.{theirs}.weight"
+        for ours, theirs in (("gate_proj", "wi_0"), ("up_proj", "wi_1")):
+            gated_names[f"{block[0]}.mlp.{ours}.weight"] = f"{block[1]}.{mlp}.DenseReluDense.{theirs}.weight"
+    # The stacks' embed_tokens are copies of `shared`; the decoder's cross-attention never had a bias.
+    ignored = r"(encoder|decoder)\.embed_tokens\.weight|decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight"
+    return KeyMap(names, "", ignored=ignored, gated_names=gated_names)
+
+
+KEY_MAPS = {
+    "gpt2": _gpt2_map(),
+    "llama": _llama_map(),
+    "bert": _bert_map("bert.", "cls.predictions.", "transform.dense", "transform.LayerNorm"),
+    "roberta": _bert_map("roberta.", "lm_head.", "dense", "layer_norm"),
+    "t5": _t5_map(),
+}
 
 
 def from_hf_state(
-    hf_state: dict[str, torch.Tensor], model_type: str, n_layers: int
+    hf_state: dict[str, torch.Tensor], model_type: str, n_layers: int, n_decoder_layers: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Rename (and split, transpose) a Hugging Face state dict to lmforge names."""
     key_map = KEY_MAPS[model_type]
-    names, fused = key_map.expand(n_layers)
+    gated = key_map.expand(n_layers, n_decoder_layers, is_gated=True)[0]
+    plain = key_map.expand(n_layers, n_decoder_layers)[0]
+    is_gated = any(gated[k] in hf_state for k in gated.keys() - plain.keys())
+    names, fused = key_map.expand(n_layers, n_decoder_layers, is_gated=is_gated)
     to_ours = {theirs: ours for ours, theirs in names.items()}
     state = {}
     for key, tensor in hf_state.items():
         if re.fullmatch(key_map.ignored, key):
             continue
-        if key != "lm_head.weight" and not key.startswith(key_map.prefix):
+        if not key.startswith((key_map.prefix, *key_map.heads)):
             key = key_map.prefix + key  # a bare base model (GPT2Model, LlamaModel) has no prefix
         if key.endswith(key_map.transposed):
             tensor = tensor.t()
@@ -121,10 +204,13 @@ def from_hf_state(
     return state
 
 
-def to_hf_state(state: dict[str, torch.Tensor], model_type: str, n_layers: int) -> dict[str, torch.Tensor]:
+def to_hf_state(
+    state: dict[str, torch.Tensor], model_type: str, n_layers: int, n_decoder_layers: int | None = None
+) -> dict[str, torch.Tensor]:
     """Rename (and fuse, transpose) an lmforge state dict to Hugging Face names."""
     key_map = KEY_MAPS[model_type]
-    names, fused = key_map.expand(n_layers)
+    is_gated = any(".gate_proj." in k for k in state)
+    names, fused = key_map.expand(n_layers, n_decoder_layers, is_gated=is_gated)
     hf_state = {}
     for theirs, parts in fused.items():
         if parts[0] in state:
@@ -133,4 +219,6 @@ def to_hf_state(state: dict[str, torch.Tensor], model_type: str, n_layers: int) 
     for ours, tensor in state.items():
         if ours not in fused_parts:
             hf_state[names[ours]] = tensor
+    if key_map.is_bare_without_head and not any(k.startswith(key_map.heads) for k in hf_state):
+        hf_state = {k.removeprefix(key_map.prefix): t for k, t in hf_state.items()}
     return {k: (t.t() if k.endswith(key_map.transposed) else t).contiguous() for k, t in hf_state.items()}

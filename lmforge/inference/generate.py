@@ -18,6 +18,7 @@ from lmforge.errors import LmforgeError
 from lmforge.inference.batch import TokenBuffer, next_token_logits
 from lmforge.inference.beam import beam_search
 from lmforge.inference.sampling import sample_next
+from lmforge.inference.seq2seq import decoder_start_prompts, encode_inputs
 from lmforge.inference.stop import StopChecker
 from lmforge.tokenizers import IncrementalDecoder
 
@@ -80,13 +81,18 @@ def generate_ids(
     to `ended_rows` (read before every step: a caller's stop string ends a row without an extra step).
     New tokens are capped so the sequence fits the model's context (max_seq_len) and checked here, so
     errors are raised by this call, before the first step.
+
+    For an encoder-decoder (T5) the prompts are the encoder's inputs: they are encoded once, and the
+    decoder generates from its start token (which is not yielded).
     """
-    if getattr(model, "is_encoder_decoder", False):
-        raise LmforgeError("generation for encoder-decoder models is not supported yet")
     _check_prompts(model, prompts)
     prompt_len = max(len(p) for p in prompts)
     # The last new token is never fed back, so a full context still yields one more token.
     max_new = min(config.max_new_tokens, model.config.max_seq_len - prompt_len + 1)
+    if getattr(model, "is_encoder_decoder", False):
+        max_new = min(config.max_new_tokens, model.config.max_seq_len)  # the output has its own context
+        model = encode_inputs(model, prompts, pad_token_id, copies=config.num_beams)
+        prompts = decoder_start_prompts(model, len(prompts))
     ended_rows = set() if ended_rows is None else ended_rows
     if config.num_beams > 1:
         return _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from lmforge.errors import LmforgeError
+from lmforge.models.bert import Bert, BertConfig, RobertaConfig
 from lmforge.models.decoder import CausalLM
 from lmforge.models.gpt2 import GPT2, GPT2Config
 from lmforge.models.llama import Llama, LlamaConfig
 from lmforge.models.presets import PRESETS, get_preset
+from lmforge.models.t5 import T5, T5Config
 
 # model_type -> (config class, model class)
 FAMILIES = {
     "gpt2": (GPT2Config, GPT2),
     "llama": (LlamaConfig, Llama),
+    "bert": (BertConfig, Bert),
+    "roberta": (RobertaConfig, Bert),
+    "t5": (T5Config, T5),
 }
 
 
@@ -32,10 +37,15 @@ __all__ = [
     "FAMILIES",
     "GPT2",
     "PRESETS",
+    "T5",
+    "Bert",
+    "BertConfig",
     "CausalLM",
     "GPT2Config",
     "Llama",
     "LlamaConfig",
+    "RobertaConfig",
+    "T5Config",
     "build_model",
     "get_preset",
 ]

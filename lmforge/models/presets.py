@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 
 from lmforge.errors import LmforgeError
+from lmforge.models.bert import BertConfig
 from lmforge.models.gpt2 import GPT2Config
 from lmforge.models.llama import LlamaConfig
+from lmforge.models.t5 import T5Config
 
-PRESETS: dict[str, GPT2Config | LlamaConfig] = {
+PRESETS: dict[str, GPT2Config | LlamaConfig | BertConfig] = {
     # A few hundred thousand parameters: a training step takes milliseconds on one core.
     "tiny": GPT2Config(vocab_size=512, max_seq_len=256, d_model=64, n_layers=4, n_heads=4),
     # The model `make demo` pretrains on 2 CPU cores in under ten minutes (3.7M parameters with a 2,048-token vocabulary).
@@ -59,10 +61,30 @@ PRESETS: dict[str, GPT2Config | LlamaConfig] = {
             "original_max_position_embeddings": 8192,
         },
     ),
+    # An encoder for tests and masked-LM pretraining on a CPU (0.25M parameters).
+    "bert-tiny": BertConfig(
+        vocab_size=512, max_seq_len=128, d_model=64, n_layers=4, n_heads=4, d_ff=256, use_mlm_head=True
+    ),
+    "bert-base": BertConfig(use_mlm_head=True),  # 110M, the shape of bert-base-uncased
+    # An encoder-decoder for tests and span-corruption pretraining on a CPU (0.35M parameters),
+    # in the T5 v1.1 recipe: gated-GELU feed-forward, separate output head.
+    "t5-tiny": T5Config(
+        vocab_size=512,
+        max_seq_len=256,
+        d_model=64,
+        n_layers=3,
+        n_heads=4,
+        d_head=16,
+        d_ff=128,
+        activation="gelu_tanh",
+        is_gated_mlp=True,
+        tie_embeddings=False,
+    ),
+    "t5-small": T5Config(),  # 60M, the shape of the original t5-small (v1.0: ReLU, tied head)
 }
 
 
-def get_preset(name: str, **overrides) -> GPT2Config | LlamaConfig:
+def get_preset(name: str, **overrides) -> GPT2Config | LlamaConfig | BertConfig:
     """A fresh copy of preset `name` with fields replaced by `overrides`."""
     if name not in PRESETS:
         raise LmforgeError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

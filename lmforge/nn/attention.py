@@ -1,6 +1,8 @@
 """Multi-head attention `softmax(Q K^T / sqrt(d_k)) V` (Vaswani et al., 2017) on PyTorch's
 `scaled_dot_product_attention`, with grouped-query attention (Ainslie et al., 2023), causal and
-padding masks, and a preallocated key/value cache for decoding.
+padding masks, a preallocated key/value cache for decoding, and what an encoder-decoder adds:
+cross-attention to another sequence (keys and values computed once per generation) and an additive
+position bias on the scores (T5).
 """
 
 from __future__ import annotations
@@ -59,6 +61,28 @@ class KVCache:
                 cache[i] = t.index_select(0, index)
 
 
+class CrossKVCache:
+    """Keys and values of cross-attention, per decoder layer: they depend only on the encoder output,
+    so they are computed at the first decoding step and reused by every later one."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def get(self, layer: int, compute) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached (k, v) of a layer; `compute()` gives them the first time."""
+        if self.keys[layer] is None:
+            self.keys[layer], self.values[layer] = compute()
+        return self.keys[layer], self.values[layer]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index`."""
+        for cache in (self.keys, self.values):
+            for i, t in enumerate(cache):
+                if t is not None:
+                    cache[i] = t.index_select(0, index)
+
+
 def decoder_positions(
     attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
 ) -> torch.Tensor:
@@ -68,6 +92,13 @@ def decoder_positions(
         return torch.arange(past_len, past_len + q_len, device=device)[None]
     positions = attention_mask.long().cumsum(-1) - 1
     return positions.clamp(min=0)[:, past_len : past_len + q_len]
+
+
+def causal_mask(q_len: int, past_len: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, T, S) bool: query i (at position past_len + i) may attend to keys at positions <= its own."""
+    query_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(past_len + q_len, device=device)[None, :]  # (1, S)
+    return (key_pos <= query_pos)[None, None]
 
 
 def decoder_mask(
@@ -86,7 +117,7 @@ def decoder_mask(
     total = past_len + q_len
     query_pos = torch.arange(past_len, total, device=device)[:, None]  # (T, 1)
     key_pos = torch.arange(total, device=device)[None, :]  # (1, S)
-    mask = (key_pos <= query_pos)[None, None]  # (1, 1, T, S)
+    mask = causal_mask(q_len, past_len, device)
     if attention_mask is not None:
         if attention_mask.shape[-1] != total:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total}")
@@ -96,8 +127,23 @@ def decoder_mask(
     return mask, False
 
 
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The bidirectional mask (B, 1, 1, S) that hides padding keys (attention_mask 0), or None."""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+
+
+def add_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One float mask for `scaled_dot_product_attention`: the position bias on allowed positions and
+    the most negative float where `mask` (bool, broadcastable to the scores) is False."""
+    if mask is None:
+        return bias
+    # NOTE: the dtype's minimum, not -inf: a row with every key masked then averages instead of NaN.
+    return bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with n_kv_heads <= n_heads key/value heads (GQA when fewer)."""
+    """Multi-head attention with n_kv_heads <= n_heads key/value heads (GQA when fewer): self-attention,
+    or cross-attention when keys and values come from a `context` sequence."""
 
     def __init__(
         self,
@@ -109,6 +155,7 @@ class Attention(nn.Module):
         bias: bool = False,
         out_bias: bool | None = None,
         dropout: float = 0.0,
+        scale: float | None = None,
         layer_idx: int = 0,
     ):
         super().__init__()
@@ -124,6 +171,7 @@ class Attention(nn.Module):
             self.n_heads * self.d_head, d_model, bias=bias if out_bias is None else out_bias
         )
         self.dropout = dropout
+        self.scale = scale  # of the scores; None is 1 / sqrt(d_head) (T5 uses 1, folded into its init)
         self.layer_idx = layer_idx
 
     def forward(
@@ -133,18 +181,27 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | CrossKVCache | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, d_model) attends to itself, or to `context` (B, S, d_model) when given.
+
+        mask: bool (True = may attend) or float (added to the scores: a position bias), broadcastable
+        to (B, n_heads, T, S). cache: a KVCache for self-attention, a CrossKVCache for cross-attention.
+        """
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, n_heads, T, d_head)
-        k = (
-            self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
-        )  # (B, n_kv_heads, T, d_head)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
+        if context is not None:
+            if cache is not None:
+                k, v = cache.get(self.layer_idx, lambda: self._keys_values(context))
+            else:
+                k, v = self._keys_values(context)
+        else:
+            k, v = self._keys_values(x)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -152,7 +209,14 @@ class Attention(nn.Module):
             attn_mask=mask,
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # (B, T, n_heads * d_head)
         return self.o_proj(out)
+
+    def _keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = source.shape
+        k = self.k_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
+        v = self.v_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
+        return k, v  # (B, n_kv_heads, S, d_head) each

@@ -1,5 +1,6 @@
 """Position information: rotary embeddings (Su et al., 2021, "RoFormer") with the scaling
-variants real checkpoints use, and the fixed sinusoidal table of Vaswani et al. (2017).
+variants real checkpoints use, the fixed sinusoidal table of Vaswani et al. (2017), and T5's
+bucketed relative position bias (Raffel et al., 2020).
 
 Learned absolute positions (GPT-2) are a plain `nn.Embedding` in the family file.
 Rotary layout follows the Hugging Face convention: the two rotated halves of each head are the
@@ -9,6 +10,7 @@ first and second half of its dimensions (`rotate_half`), not interleaved pairs.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -71,3 +73,53 @@ def sinusoidal_table(max_seq_len: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * div)
     table[:, 1::2] = torch.cos(pos * div)[:, : d_model // 2]
     return table
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor, *, is_bidirectional: bool, n_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket (Raffel et al., 2020, section 2.1) of each key - query distance, in [0, n_buckets).
+
+    Half the buckets hold exact distances 0, 1, 2, ...; the other half grow logarithmically up to
+    max_distance, beyond which all distances share the last bucket. Bidirectional (encoder) buckets
+    split the range between keys before and after the query; a causal decoder sees only keys before.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if is_bidirectional:
+        n_buckets //= 2
+        buckets += (relative_position > 0).long() * n_buckets  # keys after the query
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = n_buckets // 2
+    # NOTE: log(0) is -inf for distance 0; those entries are small and take the exact branch.
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    far = max_exact + (log_ratio * (n_buckets - max_exact)).long()
+    far = far.clamp(max=n_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned scalar per (bucket, head), added to the attention scores: (1, n_heads, T, S).
+
+    T5 computes it once per stack and shares it across the stack's layers.
+    """
+
+    def __init__(self, n_heads: int, n_buckets: int = 32, max_distance: int = 128, *, is_bidirectional: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_buckets, n_heads))
+        self.n_buckets, self.max_distance = n_buckets, max_distance
+        self.is_bidirectional = is_bidirectional
+
+    def forward(self, q_len: int, k_len: int, past_len: int = 0) -> torch.Tensor:
+        """The bias for queries at positions past_len.. past_len + q_len over keys 0 .. k_len."""
+        device = self.weight.device
+        query_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T, 1)
+        key_pos = torch.arange(k_len, device=device)[None, :]  # (1, S)
+        buckets = relative_position_bucket(
+            key_pos - query_pos,
+            is_bidirectional=self.is_bidirectional,
+            n_buckets=self.n_buckets,
+            max_distance=self.max_distance,
+        )
+        return F.embedding(buckets, self.weight).permute(2, 0, 1)[None]  # (1, n_heads, T, S)

@@ -19,7 +19,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
 from lmforge.errors import LmforgeError
 
-SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
 
 # Conventional spellings, tried in order when no config file names a role.
 _ROLE_CANDIDATES = {
@@ -27,6 +27,9 @@ _ROLE_CANDIDATES = {
     "eos_token": ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"),
     "pad_token": ("<pad>", "[PAD]", "<|pad|>"),
     "unk_token": ("<unk>", "[UNK]", "<|unk|>"),
+    "cls_token": ("[CLS]",),
+    "sep_token": ("[SEP]",),
+    "mask_token": ("[MASK]", "<mask>"),
 }
 # transformers writes this (int(1e30)) when a tokenizer has no known context length.
 _NO_MAX_LENGTH = 10**12
@@ -47,10 +50,14 @@ class Tokenizer:
         eos_token: str | None = None,
         pad_token: str | None = None,
         unk_token: str | None = None,
+        cls_token: str | None = None,
+        sep_token: str | None = None,
+        mask_token: str | None = None,
         chat_template: str | None = None,
         model_max_length: int | None = None,
     ):
-        self._special_tokens = dict(zip(SPECIAL_ROLES, (bos_token, eos_token, pad_token, unk_token)))
+        roles = (bos_token, eos_token, pad_token, unk_token, cls_token, sep_token, mask_token)
+        self._special_tokens = dict(zip(SPECIAL_ROLES, roles))
         self.chat_template = chat_template
         self.model_max_length = model_max_length
         # A tokenizer.json may carry padding/truncation; lmforge pads and truncates explicitly instead.
@@ -93,6 +100,55 @@ class Tokenizer:
         """`encode` for many texts, in parallel across CPU cores."""
         backend = self._backend if allow_special else self._plain_backend
         return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def encode_inputs(
+        self,
+        texts: str | tuple[str, str] | Sequence[str | tuple[str, str]],
+        *,
+        max_length: int | None = None,
+        truncation: bool = True,
+        return_tensors: str | None = None,
+    ) -> dict[str, Any]:
+        """Encoder inputs for a text, a (text_a, text_b) pair, or a list of either: a dict of
+        input_ids, token_type_ids and attention_mask, one right-padded row per input.
+
+        The post-processor adds the special tokens (BERT: `[CLS] a [SEP] b [SEP]`, b with token type 1).
+        With truncation, rows are cut to max_length (default: model_max_length) tokens, taking from the
+        longer segment first, as transformers' "longest_first". return_tensors="pt": (B, T) tensors.
+        """
+        is_one = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2)
+        items = [texts] if is_one else list(texts)
+        firsts = [t if isinstance(t, str) else t[0] for t in items]
+        seconds = [t[1] for t in items if not isinstance(t, str)]
+        backend = self._plain_backend
+        a_encodings = backend.encode_batch(firsts, add_special_tokens=False)
+        b_encodings = iter(backend.encode_batch(seconds, add_special_tokens=False))
+        max_length = max_length or self.model_max_length
+        rows = []
+        for item, a in zip(items, a_encodings):
+            b = None if isinstance(item, str) else next(b_encodings)
+            if truncation and max_length is not None:
+                _truncate_longest_first(a, b, max_length - backend.num_special_tokens_to_add(b is not None))
+            rows.append(backend.post_process(a, b, add_special_tokens=True))
+        return self._pad(rows, return_tensors)
+
+    def _pad(self, rows: list[tokenizers.Encoding], return_tensors: str | None) -> dict[str, Any]:
+        width = max(len(row.ids) for row in rows)
+        if self.pad_token_id is None and any(len(row.ids) < width for row in rows):
+            raise LmforgeError(
+                "this tokenizer has no pad token, so inputs of different lengths cannot be batched"
+            )
+        batch: dict[str, Any] = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
+        for row in rows:
+            n_pad = width - len(row.ids)
+            batch["input_ids"].append(row.ids + [self.pad_token_id] * n_pad)
+            batch["token_type_ids"].append(row.type_ids + [0] * n_pad)
+            batch["attention_mask"].append([1] * len(row.ids) + [0] * n_pad)
+        if return_tensors == "pt":
+            import torch
+
+            batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        return batch
 
     def decode(self, ids: Iterable[int] | Any, *, skip_special_tokens: bool = True) -> str:
         """Text of `ids`: a list of ints or a 1-D tensor/array."""
@@ -152,6 +208,21 @@ class Tokenizer:
         return self._role_id("unk_token")
 
     @property
+    def cls_token_id(self) -> int | None:
+        """[CLS]: starts every BERT input; its last hidden state summarises the sequence."""
+        return self._role_id("cls_token")
+
+    @property
+    def sep_token_id(self) -> int | None:
+        """[SEP]: ends each segment of a BERT input."""
+        return self._role_id("sep_token")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """[MASK]: replaces the tokens a masked language model learns to predict."""
+        return self._role_id("mask_token")
+
+    @property
     def all_special_ids(self) -> list[int]:
         """Ids that `decode(..., skip_special_tokens=True)` drops, sorted."""
         return sorted(self._special_ids)
@@ -198,6 +269,25 @@ class Tokenizer:
         )
 
 
+def _truncate_longest_first(a: tokenizers.Encoding, b: tokenizers.Encoding | None, budget: int) -> None:
+    """Cut a (and b) in place to at most `budget` tokens in all, as the `tokenizers` library does:
+    the longer segment loses tokens until both are equal, then they share the budget evenly."""
+    budget = max(budget, 0)
+    if b is None:
+        if len(a) > budget:
+            a.truncate(budget)
+        return
+    if len(a) + len(b) <= budget:
+        return
+    short, long = sorted((len(a), len(b)))
+    long = short if short > budget else max(short, budget - short)
+    if short + long > budget:
+        short, long = budget // 2, budget // 2 + budget % 2
+    n_a, n_b = (long, short) if len(a) > len(b) else (short, long)
+    a.truncate(n_a)
+    b.truncate(n_b)
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer from a directory or a tokenizer.json file.
 
@@ -206,7 +296,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     conventional spellings ("<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", ...).
     """
     path = Path(path)
-    expected = "a directory with tokenizer.json (or vocab.json + merges.txt), or a tokenizer.json file"
+    expected = (
+        "a directory with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), "
+        "or a tokenizer.json file"
+    )
     if path.is_file():
         directory, backend = path.parent, _read_tokenizer_json(path)
     elif path.is_dir():
@@ -215,6 +308,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             backend = _read_tokenizer_json(path / "tokenizer.json")
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             backend = _build_gpt2_bpe(path / "vocab.json", path / "merges.txt")
+        elif (path / "vocab.txt").is_file():
+            from lmforge.tokenizers.wordpiece import read_vocab_txt
+
+            lowercase = _read_json(path / "tokenizer_config.json").get("do_lower_case", True)
+            backend = read_vocab_txt(path / "vocab.txt", lowercase=bool(lowercase))
         else:
             raise LmforgeError(f"no tokenizer files in {path}: expected {expected}")
     else:

@@ -8,6 +8,8 @@ Two kinds:
   characters seen in training (the most frequent ones if there are more than fit). A character never seen
   becomes "<unk>", which decode drops like any special token: the choice keeps the vocabulary tiny (no
   256 byte tokens), at the price of round-tripping only the training alphabet.
+- "wordpiece": BERT's lowercasing WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK] (see wordpiece.py).
+- "unigram": T5's SentencePiece-style Unigram with <pad> </s> <unk> and <extra_id_N> sentinels (see unigram.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers.tokenizer import Tokenizer, resolve_special_roles
 
-KINDS = ("bpe", "char")
+KINDS = ("bpe", "char", "wordpiece", "unigram")
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<unk>"
 # Files are streamed in pieces of about this many characters, cut at line ends.
@@ -39,16 +41,28 @@ def train_tokenizer(
     special_tokens: list[str] | None = None,
     min_frequency: int = 2,
     show_progress: bool = False,
+    n_sentinels: int = 100,
 ) -> Tokenizer:
     """Train a tokenizer of at most `vocab_size` ids.
 
     source: a file path, a list/tuple of file paths, or an iterator of texts (e.g. a generator).
     special_tokens: default ["<|endoftext|>"] for bpe and ["<|endoftext|>", "<unk>"] for char; roles are
     given by spelling ("<s>", "</s>", "<pad>", "<unk>", ...), else the first one is eos, bos and pad. min_frequency (bpe only): a pair seen fewer times is not merged.
+    wordpiece always has BERT's [PAD] [UNK] [CLS] [SEP] [MASK] and ignores special_tokens.
+    unigram: special_tokens default ["<pad>", "</s>", "<unk>"] (ids 0, 1, 2 as in T5), then the learned
+    pieces, then n_sentinels span-corruption sentinels <extra_id_N>, all within vocab_size.
     """
     if kind not in KINDS:
         raise LmforgeError(f"unknown tokenizer kind {kind!r}; pass one of {', '.join(KINDS)}")
     texts = _nonempty_texts(source)
+    if kind == "wordpiece":
+        from lmforge.tokenizers.wordpiece import train_wordpiece
+
+        return train_wordpiece(texts, vocab_size, min_frequency, show_progress)
+    if kind == "unigram":
+        from lmforge.tokenizers.unigram import train_unigram
+
+        return train_unigram(texts, vocab_size, special_tokens, n_sentinels, show_progress)
     if kind == "bpe":
         special_tokens = list(special_tokens or [ENDOFTEXT])
         return _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, show_progress)

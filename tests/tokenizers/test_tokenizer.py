@@ -227,7 +227,7 @@ def test_empty_and_missing_training_files(tmp_path):
     with pytest.raises(LmforgeError, match="does not exist"):
         train_tokenizer([tmp_path / "missing.txt"], vocab_size=300)
     with pytest.raises(LmforgeError, match="unknown tokenizer kind"):
-        train_tokenizer(iter(["x"]), vocab_size=300, kind="wordpiece")
+        train_tokenizer(iter(["x"]), vocab_size=300, kind="morse")
 
 
 def test_unusable_tokenizer_paths(tmp_path):
