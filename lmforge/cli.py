@@ -7,8 +7,10 @@ one line naming the problem and exits with code 2; there is never a traceback fo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from lmforge import config as cfg
 from lmforge.errors import LmforgeError
@@ -68,6 +70,83 @@ def cmd_tokenizer_train(args) -> None:
     print(f"trained a {args.kind} tokenizer with {tok.vocab_size} tokens on {len(files)} files -> {args.out}")
 
 
+def _read_texts(path: str, what: str) -> list[str]:
+    """One text per line of a UTF-8 file; a missing, unreadable or empty file is a usage error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            texts = f.read().splitlines()
+    except FileNotFoundError:
+        raise LmforgeError(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"cannot read {what} file {path} ({e}); pass a UTF-8 text file") from None
+    if not any(t.strip() for t in texts):
+        raise LmforgeError(f"{what} file {path} is empty; put one text per line")
+    return texts
+
+
+def _embed_lines(args, texts: list[str]):
+    """Load the encoder and embed texts, reporting on stderr how many were cut to its maximum."""
+    import lmforge
+    from lmforge.device import default_device, resolve_dtype
+    from lmforge.inference.embed import (
+        check_encoder,
+        count_too_long,
+        max_input_length,
+        read_sentence_settings,
+    )
+
+    device = args.device or default_device()
+    model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    check_encoder(model)
+    tok = lmforge.load_tokenizer(args.model)
+    limit = max_input_length(model, tok, read_sentence_settings(model.name_or_path))
+    too_long = count_too_long(tok, texts, limit)
+    if too_long and args.no_truncate:
+        raise LmforgeError(
+            f"{len(too_long)} texts are longer than the model's maximum of {limit} tokens (first: line "
+            f"{too_long[0] + 1}); shorten them, or drop --no-truncate to cut them"
+        )
+    if too_long:
+        print(f"lmforge: truncated {len(too_long)} of {len(texts)} texts to {limit} tokens", file=sys.stderr)
+    pooling = getattr(args, "pooling", None)
+    normalize = False if getattr(args, "no_normalize", False) else None
+    return lmforge.embed(
+        model, tok, texts, pooling=pooling, normalize=normalize, batch_size=args.batch_size, max_length=limit
+    )
+
+
+def cmd_embed(args) -> None:
+    import numpy as np
+
+    texts = _read_texts(args.input, "input")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise LmforgeError(f"cannot write {out}: pass a file path in an existing, writable directory")
+    vectors = _embed_lines(args, texts).numpy().astype(np.float32)
+    try:
+        with open(out, "wb") as f:  # a file object: np.save would otherwise append .npy to the name
+            np.save(f, vectors)
+    except OSError as e:
+        raise LmforgeError(f"cannot write {out} ({e.strerror})") from None
+    print(f"embedded {len(texts)} texts into {vectors.shape[1]} dimensions -> {out}")
+
+
+def cmd_search(args) -> None:
+    import torch.nn.functional as F
+
+    corpus = _read_texts(args.corpus, "corpus")
+    if not args.query.strip():
+        raise LmforgeError("empty query; pass --query TEXT")
+    if args.top_k < 1:
+        raise LmforgeError(f"--top-k must be at least 1, got {args.top_k}")
+    vectors = _embed_lines(args, [args.query, *corpus])
+    vectors = F.normalize(vectors, dim=-1)  # cosine scores, whatever the model's own normalisation
+    scores = vectors[1:] @ vectors[0]
+    top = scores.topk(min(args.top_k, len(corpus)))
+    for score, i in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{score:.4f}\t{corpus[i]}")
+
+
 def cmd_prepare(args) -> None:
     from lmforge.data.prepare import PrepareConfig, prepare
 
@@ -93,6 +172,14 @@ def cmd_pretrain(args) -> None:
         print(
             f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
         )
+
+
+def cmd_merge_lora(args) -> None:
+    from lmforge.device import resolve_dtype
+    from lmforge.hf.peft import merge_adapter
+
+    out = merge_adapter(args.model, args.adapter, args.out, dtype=resolve_dtype(args.dtype))
+    print(f"merged the adapter {args.adapter} into {args.model} -> {out}")
 
 
 def build_parser() -> ArgumentParser:
@@ -133,14 +220,52 @@ def build_parser() -> ArgumentParser:
     tok = verbs.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
         dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION"
     )
-    p = tok.add_parser("train", help="train a byte-level BPE or character tokenizer on text files")
+    p = tok.add_parser("train", help="train a byte-level BPE, character or WordPiece tokenizer on text files")
     p.add_argument("--data", nargs="+", help="text files or directories (default: the built-in corpus)")
     p.add_argument("--glob", default="*.txt", help="which files to take from directories (default: *.txt)")
     p.add_argument("--vocab-size", type=int, required=True)
-    p.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    from lmforge.tokenizers.train import KINDS
+
+    p.add_argument("--kind", choices=list(KINDS), default="bpe")
     p.add_argument("--out", required=True, help="directory for tokenizer.json and its config")
     p.set_defaults(func=cmd_tokenizer_train)
+    _add_embedding_verbs(verbs)
+
+    p = verbs.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights")
+    p.add_argument("--model", required=True, help="the base checkpoint directory (lmforge or Hugging Face)")
+    p.add_argument("--adapter", required=True, help="a PEFT adapter directory (adapter_config.json)")
+    p.add_argument("--out", required=True, help="directory for the merged checkpoint and tokenizer files")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.set_defaults(func=cmd_merge_lora)
     return parser
+
+
+def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an encoder checkpoint (BERT, sentence-transformers)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="refuse texts longer than the model's maximum instead of cutting them (the default)",
+    )
+    _add_runtime_flags(p)
+
+
+def _add_embedding_verbs(verbs) -> None:
+    p = verbs.add_parser("embed", help="write sentence embeddings of a file's lines to a .npy file")
+    p.add_argument("--input", required=True, help="a text file, one text per line")
+    p.add_argument("--out", required=True, help="the .npy file to write (float32, one row per line)")
+    p.add_argument("--pooling", choices=["mean", "cls"], help="default: the checkpoint's, else mean")
+    p.add_argument("--no-normalize", action="store_true", help="keep the raw (not unit-length) vectors")
+    _add_encoder_flags(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = verbs.add_parser("search", help="rank a file's lines by cosine similarity to a query")
+    p.add_argument("--corpus", required=True, help="a text file, one document per line")
+    p.add_argument("--query", required=True)
+    p.add_argument("--top-k", type=int, default=5, help="how many matches to print (default: 5)")
+    _add_encoder_flags(p)
+    p.set_defaults(func=cmd_search)
 
 
 def main(argv: list[str] | None = None) -> int:

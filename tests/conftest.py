@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from lmforge.tokenizers import train_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
@@ -123,3 +125,45 @@ def make_hf_t5(path, *, gated=False, vocab_size=71, n_decoder_layers=3, seed=0, 
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path)
     return model
+
+
+# --- tokenizers trained on a small English text, for the fine-tuning data tests (tests/data/tasks) ---
+TASK_TEXT = """
+The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in
+France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under
+their leader Rollo, agreed to swear fealty to King Charles III of West Francia. Through generations of
+assimilation and mixing with the native Frankish and Roman-Gaulish populations, their descendants would
+gradually merge with the Carolingian-based cultures of West Francia. The distinct cultural and ethnic
+identity of the Normans emerged initially in the first half of the 10th century, and it continued to
+evolve over the succeeding centuries. Computational complexity theory is a branch of the theory of
+computation in theoretical computer science that focuses on classifying computational problems according
+to their inherent difficulty. What is the capital of France? Who was the leader of the raiders? When did
+the identity emerge? Summarize the text. Translate English to German: the house is wonderful.
+Write a short poem about the sea. The sea is blue and wide, and the waves come in with the tide.
+This movie was great, I loved it. This film was terrible and boring. A fine, pleasant day.
+""".strip()
+
+
+def _task_texts():
+    return [line for line in TASK_TEXT.splitlines() for _ in range(3)]
+
+
+@pytest.fixture(scope="session")
+def corpus_text():
+    """The text the tokenizers are trained on."""
+    return TASK_TEXT
+
+
+@pytest.fixture(scope="session")
+def wordpiece():
+    return train_tokenizer(iter(_task_texts()), vocab_size=400, kind="wordpiece", min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def bpe():
+    return train_tokenizer(iter(_task_texts()), vocab_size=400, kind="bpe")
+
+
+@pytest.fixture(scope="session")
+def unigram():
+    return train_tokenizer(iter(_task_texts()), vocab_size=300, kind="unigram", n_sentinels=4)

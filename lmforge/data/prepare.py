@@ -1,7 +1,8 @@
 """`lmforge prepare`: a text corpus in, token files for pretraining out (format in lmforge/data/tokens.py).
 
-1. Read the documents (lmforge/data/readers.py); train a byte-level BPE tokenizer on them unless one is
-   given. This first pass also counts the documents.
+1. Read the documents (lmforge/data/readers.py); train a tokenizer on them (byte-level BPE, or the
+   --tokenizer-kind a pretraining objective needs) unless one is given. This first pass also counts
+   the documents.
 2. Split by document: a seeded shuffle of document indices picks the validation ones (at least one when
    there are two or more). A corpus of one document is split by tokens instead: its tail is validation.
 3. Tokenize in chunks with `encode_batch` (parallel in Rust), each document followed by EOS, streaming
@@ -33,6 +34,7 @@ from lmforge.data.sources import builtin_corpus_files, expand_paths
 from lmforge.data.tokens import FORMAT, token_dtype
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from lmforge.tokenizers.train import KINDS as TOKENIZER_KINDS
 
 # Long documents are encoded in pieces of about this many characters, cut at line ends, so that one
 # encode call never holds a whole book's offsets, and a long document still spreads over all threads.
@@ -53,7 +55,8 @@ class PrepareConfig:
     dataset: str | None = None  # a Hugging Face dataset name or local path, read with `datasets`
     dataset_split: str = "train"  # the split of --dataset
     dataset_column: str = "text"  # the text column of --dataset
-    tokenizer: str | None = None  # a tokenizer directory; None trains a byte-level BPE on the data
+    tokenizer: str | None = None  # a tokenizer directory; None trains one of --tokenizer-kind on the data
+    tokenizer_kind: str = "bpe"  # of the tokenizer trained: bpe, wordpiece (for mlm), unigram (for span)
     vocab_size: int = 4096  # of the tokenizer trained when none is given
     val_fraction: float = 0.01  # share of documents held out for validation
     seed: int = 1337  # seeds the train/validation split
@@ -96,6 +99,11 @@ def _check_config(config: PrepareConfig) -> None:
     if not 0 < config.val_fraction < 0.5:
         raise LmforgeError(
             f"val_fraction {config.val_fraction} is out of range; pass 0 < --val-fraction < 0.5"
+        )
+    if config.tokenizer is None and config.tokenizer_kind not in TOKENIZER_KINDS:
+        raise LmforgeError(
+            f"unknown tokenizer kind {config.tokenizer_kind!r}; pass --tokenizer-kind "
+            f"{' or '.join(TOKENIZER_KINDS)}"
         )
     if config.workers is not None:
         if config.workers < 1:
@@ -147,7 +155,7 @@ def _tokenizer_from_first_pass(
         # The trainer's own progress bar prints blank lines when stderr is not a terminal.
         show_progress = progress and sys.stderr.isatty()
         tok = train_tokenizer(
-            documents, vocab_size=config.vocab_size, kind="bpe", show_progress=show_progress
+            documents, vocab_size=config.vocab_size, kind=config.tokenizer_kind, show_progress=show_progress
         )
     for _ in documents:  # counting, with a given tokenizer (training reads them all already)
         pass

@@ -103,7 +103,9 @@ def apply_lora(
     every other parameter except those of the modules named in `trainable`; return how many
     parameters train (shared ones counted once)."""
     if r < 1 or alpha <= 0 or not 0 <= dropout < 1:
-        raise LmforgeError(f"LoRA needs r >= 1, alpha > 0 and 0 <= dropout < 1; got r={r}, alpha={alpha}, dropout={dropout}")
+        raise LmforgeError(
+            f"LoRA needs r >= 1, alpha > 0 and 0 <= dropout < 1; got r={r}, alpha={alpha}, dropout={dropout}"
+        )
     if getattr(model, "lora_config", None) is not None:
         raise LmforgeError("this model already has LoRA adapters; merge_lora(model) before applying new ones")
     found = _find(model, targets, "a LoRA target")
@@ -112,7 +114,9 @@ def apply_lora(
         if not isinstance(module, nn.Linear):
             raise LmforgeError(f"LoRA target {name} is a {type(module).__name__}, not a linear layer")
         if id(module.weight) in shared:
-            raise LmforgeError(f"LoRA target {name} shares its weight with another module (tied); target another")
+            raise LmforgeError(
+                f"LoRA target {name} shares its weight with another module (tied); target another"
+            )
     kept = _find(model, trainable, "trainable") if trainable else {}
     model.requires_grad_(False)
     for name, module in found.items():
@@ -156,12 +160,16 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         raise LmforgeError("this model has no LoRA adapters; call apply_lora(model, ...) first")
 
     def is_adapter(key: str) -> bool:
-        return ".lora_A." in key or ".lora_B." in key or any(key.startswith(m + ".") for m in config.trainable)
+        return (
+            ".lora_A." in key or ".lora_B." in key or any(key.startswith(m + ".") for m in config.trainable)
+        )
 
     return {k: v for k, v in model.state_dict().items() if is_adapter(k)}
 
 
-def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "the adapter") -> None:
+def load_lora_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "the adapter"
+) -> None:
     """Load adapter weights (as `lora_state_dict` gives them), checking every name and shape."""
     expected = lora_state_dict(model)
     unexpected = sorted(set(state) - set(expected))

@@ -103,10 +103,14 @@ class Trainer:
         loss_fn=causal_lm_loss,
         fingerprint: dict | None = None,
         sample_prompt: str | None = None,
+        sample_fn: Callable | None = None,
     ):
         self.config, self.world, self.tokenizer = config, world, tokenizer
         self.train_batch, self.eval_set, self.loss_fn = train_batch, eval_batches, loss_fn
         self.fingerprint, self.sample_prompt = fingerprint or {}, sample_prompt
+        # sample_fn(model) -> text replaces the generated continuation where the objective is not
+        # next-token prediction (a masked-LM fill, a span-corruption target).
+        self.sample_fn = sample_fn
         self.out = Path(config.out)
         self.raw_model = model.to(world.device)
         dtype = resolve_dtype(config.precision, world.device)
@@ -122,9 +126,13 @@ class Trainer:
         self.model = wrap_model(self.raw_model, world, fsdp=config.fsdp)
         self.optimizer = make_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay)
         if resume_from is not None:
-            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.raw_model, self.optimizer, optim_state)
+            # strict=False: a parameter that never had a gradient (an unused pooler) has no state yet,
+            # exactly as in the uninterrupted run.
+            set_optimizer_state_dict(
+                self.raw_model, self.optimizer, optim_state, options=StateDictOptions(strict=False)
+            )
             ckpt.set_rng_state(state["rng"], rng)
             self.start_step = state["step"]
         if config.compile:
@@ -279,7 +287,7 @@ class Trainer:
 
     def _sample(self, bar, step: int) -> None:
         """Print a short generated sample (a seeded sampler: the training RNG is left untouched)."""
-        if not (self.sample_prompt and self.tokenizer and self.config.sample_tokens):
+        if not (self.sample_fn or (self.sample_prompt and self.tokenizer)) or not self.config.sample_tokens:
             return
         if not (self.world.is_main or self.config.fsdp):  # FSDP's forward needs every process
             return
@@ -288,18 +296,21 @@ class Trainer:
         model = unwrap(self.raw_model)
         model.eval()
         with self.autocast():
-            text = generate(
-                model,
-                self.tokenizer,
-                self.sample_prompt,
-                max_new_tokens=self.config.sample_tokens,
-                temperature=0.8,
-                top_k=40,
-                seed=self.config.seed,
-            )
+            if self.sample_fn is not None:
+                text = self.sample_fn(model)
+            else:
+                text = self.sample_prompt + generate(
+                    model,
+                    self.tokenizer,
+                    self.sample_prompt,
+                    max_new_tokens=self.config.sample_tokens,
+                    temperature=0.8,
+                    top_k=40,
+                    seed=self.config.seed,
+                )
         model.train()
         if self.world.is_main:
-            bar.write(f"--- sample at step {step} ---\n{self.sample_prompt}{text}\n---")
+            bar.write(f"--- sample at step {step} ---\n{text}\n---")
 
     def save_checkpoint(self, step: int) -> None:
         """Write checkpoint `step` (rank 0 writes; every process gathers and waits)."""

@@ -29,3 +29,48 @@ def causal_lm_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The causal language-modelling objective: predict token t+1 from tokens up to t."""
     logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
     return token_loss_sum(logits, batch["labels"])
+
+
+def masked_lm_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked language-modelling objective (BERT): predict the original token at each masked position.
+
+    The model is an encoder with an MLM head; labels hold the original ids where a token was chosen for
+    masking and IGNORE_INDEX elsewhere (lmforge.data.objectives.mask_tokens).
+    """
+    logits = model(
+        batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        token_type_ids=batch.get("token_type_ids"),
+    )
+    return token_loss_sum(logits, batch["labels"])
+
+
+def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: labels (B, T) shifted one step right after the start token.
+
+    IGNORE_INDEX labels become padding, as in T5: the decoder never sees -100 as an id.
+    """
+    shifted = torch.cat(
+        [labels.new_full((labels.shape[0], 1), decoder_start_token_id), labels[:, :-1]], dim=1
+    )
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
+
+
+def seq2seq_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder-decoder objective (T5): predict labels[t] from the input and labels before t.
+
+    The decoder inputs are batch["decoder_input_ids"] when given, else the labels shifted right after
+    the model's decoder_start_token_id.
+    """
+    labels = batch["labels"]
+    decoder_input_ids = batch.get("decoder_input_ids")
+    if decoder_input_ids is None:
+        config = getattr(model, "module", model).config  # DDP wraps the model in .module
+        decoder_input_ids = shift_right(labels, config.decoder_start_token_id, config.pad_token_id)
+    logits = model(
+        batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        decoder_input_ids=decoder_input_ids,
+        decoder_attention_mask=batch.get("decoder_attention_mask"),
+    )
+    return token_loss_sum(logits, labels)

@@ -1,15 +1,21 @@
 """`lmforge pretrain`: a language model from scratch on the user's text or the built-in corpus.
 
 Data goes through `lmforge prepare` (into OUT/data unless a prepared directory is given), the model
-comes from a named preset sized to the tokenizer, and the one training loop does the rest.
+comes from a named preset sized to the tokenizer, and the one training loop does the rest. The
+objective decides the model family, the tokenizer trained, the batches and the loss:
+  clm   causal language modelling (GPT-2, Llama): predict each next token; byte-level BPE
+  mlm   masked language modelling (BERT, Devlin et al. 2019): predict 15% masked tokens; WordPiece
+  span  span corruption (T5, Raffel et al. 2020): write the dropped spans after sentinels; Unigram
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -17,8 +23,21 @@ from lmforge.device import default_device, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import World, barrier, init_world, shutdown
 from lmforge.train.loop import TrainConfig, Trainer
+from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss, masked_lm_loss, seq2seq_loss
 
-OBJECTIVES = ("clm",)
+
+class Objective(NamedTuple):
+    model_types: tuple[str, ...]  # the model families it trains
+    tokenizer_kind: str  # the tokenizer `prepare` trains for it
+    preset: str  # a preset that fits, for error messages
+    loss_fn: object
+
+
+OBJECTIVES = {
+    "clm": Objective(("gpt2", "llama"), "bpe", "tiny", causal_lm_loss),
+    "mlm": Objective(("bert", "roberta"), "wordpiece", "bert-tiny", masked_lm_loss),
+    "span": Objective(("t5",), "unigram", "t5-tiny", seq2seq_loss),
+}
 
 
 @dataclass
@@ -26,8 +45,8 @@ class PretrainConfig(TrainConfig):
     data: list[str] = field(
         default_factory=list
     )  # files, directories or a prepared dir; empty: built-in corpus
-    preset: str = "tiny"  # model size: tiny, demo, gpt2, gpt2-medium, llama-tiny, llama-demo, llama-1b
-    objective: str = "clm"  # training objective: clm (causal language modelling)
+    preset: str = "tiny"  # model size: tiny, demo, gpt2, llama-tiny, bert-tiny, t5-tiny, ... (see presets.py)
+    objective: str = "clm"  # clm (causal LM: gpt2, llama), mlm (masked LM: bert), span (span corruption: t5)
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the data
     vocab_size: int = 4096  # of the tokenizer trained when none is given
     glob: str = "*.txt"  # which files to read from directories
@@ -39,6 +58,21 @@ class PretrainConfig(TrainConfig):
             raise LmforgeError(
                 f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}"
             )
+
+
+def check_objective_fits(objective: str, preset: str) -> None:
+    """An objective trains only its own families: mlm an encoder, span an encoder-decoder, clm a decoder."""
+    from lmforge.models import get_preset
+
+    model_type = get_preset(preset).model_type
+    if model_type not in OBJECTIVES[objective].model_types:
+        fitting = next((name for name, o in OBJECTIVES.items() if model_type in o.model_types), None)
+        instead = f"--objective {fitting}" if fitting else "another preset"
+        raise LmforgeError(
+            f"objective {objective!r} does not fit preset {preset!r} (a {model_type} model); "
+            f"{objective} trains {'/'.join(OBJECTIVES[objective].model_types)} models such as "
+            f"--preset {OBJECTIVES[objective].preset}; or pass {instead}"
+        )
 
 
 def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
@@ -53,6 +87,7 @@ def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
         out=str(out),
         glob=config.glob,
         tokenizer=config.tokenizer,
+        tokenizer_kind=OBJECTIVES[config.objective].tokenizer_kind,
         vocab_size=config.vocab_size,
         seed=config.seed,
     )
@@ -74,40 +109,25 @@ def _same_prepare(out: Path, wanted) -> bool:
 
 def pretrain(config: PretrainConfig) -> dict:
     """Run pretraining; returns the final metrics row."""
-    from lmforge.data.tokens import PackedBatches, TokenFile
+    from lmforge.data.tokens import TokenFile
     from lmforge.hf.config import to_hf_config
-    from lmforge.models import build_model, get_preset
+    from lmforge.models import build_model
     from lmforge.tokenizers import load_tokenizer
 
     world = init_world(torch.device(config.device) if config.device else default_device())
     try:
-        get_preset(config.preset)  # an unknown preset fails before any data work
+        check_objective_fits(config.objective, config.preset)  # fails before any data work
         data_dir = prepared_data_dir(config, world)
         train_file, val_file = TokenFile.load(data_dir, "train"), TokenFile.load(data_dir, "val")
         tok = load_tokenizer(data_dir)
         seed_everything(config.seed)
-        model_config = get_preset(
-            config.preset,
-            vocab_size=_round_up(tok.vocab_size, 64),
-            max_seq_len=max(config.seq_len, get_preset(config.preset).max_seq_len),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        model_config = _model_config(config, tok)
         model = build_model(model_config)
         print0(
-            f"model: {config.preset} ({model.num_params() / 1e6:.2f}M parameters), "
-            f"data: {train_file.manifest['train_tokens']:,} training tokens from {data_dir}"
+            f"model: {config.preset} ({model.num_params() / 1e6:.2f}M parameters), objective: "
+            f"{config.objective}, data: {train_file.manifest['train_tokens']:,} training tokens from {data_dir}"
         )
-        batches = PackedBatches(
-            train_file,
-            config.seq_len,
-            config.batch_size,
-            seed=config.seed,
-            rank=world.rank,
-            world_size=world.size,
-            grad_accum=config.grad_accum,
-        )
-        eval_set = PackedBatches(val_file, config.seq_len, config.batch_size, seed=config.seed)
+        batches = _batches(config, tok, train_file, val_file, world)
         hf_config = {k: v for k, v in to_hf_config(model_config).items() if k != "torch_dtype"}
         fingerprint = {
             "model": hf_config,
@@ -117,27 +137,135 @@ def pretrain(config: PretrainConfig) -> dict:
         trainer = Trainer(
             model,
             config,
-            train_batch=lambda s, m: _as_dict(batches.batch(s, m)),
-            eval_batches=[_as_dict(b) for b in _eval_batches(eval_set, config.eval_batches * world.size)],
+            train_batch=batches.train,
+            eval_batches=batches.eval,
             world=world,
             tokenizer=tok,
+            loss_fn=OBJECTIVES[config.objective].loss_fn,
             fingerprint=fingerprint,
-            sample_prompt=_sample_prompt(tok, val_file),
+            sample_prompt=_sample_prompt(tok, val_file) if config.objective == "clm" else None,
+            sample_fn=batches.sample,
         )
         return trainer.fit()
     finally:
         shutdown(world)
 
 
+def _model_config(config: PretrainConfig, tok):
+    """The preset sized to the tokenizer and sequence length, with the tokenizer's special ids."""
+    from lmforge.models import get_preset
+
+    preset = get_preset(config.preset)
+    wanted = {
+        "vocab_size": _round_up(tok.vocab_size, 64),
+        "max_seq_len": max(config.seq_len, preset.max_seq_len),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+    if config.objective != "clm":  # decoders keep their GPT-2 convention: no pad id in the config
+        wanted.update(pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.pad_token_id)
+    if config.objective == "mlm":
+        # As BertForMaskedLM: no pooler, which masked-LM alone would leave untrained (and without
+        # optimizer state, which resuming needs for every parameter).
+        wanted.update(use_pooler=False, use_mlm_head=True)
+    names = {f.name for f in dataclasses.fields(preset)}
+    return get_preset(config.preset, **{k: v for k, v in wanted.items() if k in names})
+
+
+class _Batches(NamedTuple):
+    train: object  # (step, micro) -> batch dict
+    eval: list[dict]
+    sample: object  # model -> text, or None for the loop's generated sample
+
+
+def _batches(config: PretrainConfig, tok, train_file, val_file, world: World) -> _Batches:
+    """Training batches, validation batches and the evaluation sample of the configured objective."""
+    from lmforge.data.tokens import PackedBatches
+
+    make, window = _objective_batch(config, tok)
+    packed = functools.partial(PackedBatches, batch_size=config.batch_size, seed=config.seed)
+    train = packed(train_file, window, rank=world.rank, world_size=world.size, grad_accum=config.grad_accum)
+    val = packed(val_file, window)
+    n_eval = min(config.eval_batches * world.size, val.num_windows // val.batch_size)
+    if make is None:
+        evals = [_as_dict(b) for b in val.eval_batches(max(n_eval, 1))]
+        return _Batches(lambda s, m: _as_dict(train.batch(s, m)), evals, None)
+    from lmforge.data.objectives import ObjectiveBatches
+
+    train_batches = ObjectiveBatches(train, make, seed=config.seed, rank=world.rank)
+    evals = ObjectiveBatches(val, make, seed=config.seed).eval_batches(max(n_eval, 1))
+    sample = _fill_masks if config.objective == "mlm" else _write_spans
+    return _Batches(
+        train_batches.batch, evals, functools.partial(sample, tok, evals[0], config.sample_tokens)
+    )
+
+
+def _objective_batch(config: PretrainConfig, tok):
+    """(make(tokens, generator) -> batch, raw window length) of mlm and span; (None, seq_len) for clm."""
+    from lmforge.data import objectives
+
+    if config.objective == "clm":
+        return None, config.seq_len
+    special = torch.tensor(tok.all_special_ids, dtype=torch.long)
+    if config.objective == "mlm":
+        if tok.mask_token_id is None:
+            raise LmforgeError(
+                "the tokenizer has no [MASK] token for masked-LM pretraining; use a WordPiece one"
+            )
+        ordinary = torch.tensor([i for i in range(tok.vocab_size) if not tok.is_special_id(i)])
+        make = functools.partial(
+            objectives.masked_lm_batch,
+            mask_token_id=tok.mask_token_id,
+            special_ids=special,
+            random_ids=ordinary,
+            cls_token_id=tok.cls_token_id,
+        )
+        return make, config.seq_len - (tok.cls_token_id is not None)
+    sentinels = objectives.sentinel_ids_of(tok)
+    if not sentinels or tok.eos_token_id is None or tok.pad_token_id is None:
+        raise LmforgeError(
+            "span corruption needs a tokenizer with <extra_id_N> sentinels, an end token and a pad token; "
+            "use a Unigram one (`lmforge tokenizer train --kind unigram`)"
+        )
+    make = functools.partial(
+        objectives.span_corruption_batch,
+        sentinel_ids=torch.tensor(sentinels),
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return make, objectives.raw_length_for(config.seq_len)
+
+
+@torch.no_grad()
+def _fill_masks(tok, batch: dict, n_tokens: int, model) -> str:
+    """A validation window with its masks, and the same window with the model's guesses filled in."""
+    input_ids, labels = batch["input_ids"][:1, :n_tokens], batch["labels"][:1, :n_tokens]
+    predicted = model(input_ids.to(model.device)).argmax(-1).cpu()
+    is_chosen = labels != IGNORE_INDEX
+    filled, original = torch.where(is_chosen, predicted, input_ids), torch.where(is_chosen, labels, input_ids)
+    show = functools.partial(tok.decode, skip_special_tokens=False)
+    return f"masked: {show(input_ids[0])}\nfilled: {show(filled[0])}\noriginal: {show(original[0])}"
+
+
+@torch.no_grad()
+def _write_spans(tok, batch: dict, n_tokens: int, model) -> str:
+    """A corrupted validation input, its target, and the target the model writes greedily."""
+    input_ids, target = batch["input_ids"][:1].to(model.device), batch["labels"][0]
+    encoded = model.encode(input_ids)
+    written = torch.full((1, 1), model.config.decoder_start_token_id, device=model.device)
+    for _ in range(min(len(target), n_tokens)):
+        next_id = model.logits(model.decode(written, encoded)[:, -1]).argmax(-1, keepdim=True)
+        written = torch.cat([written, next_id], dim=1)
+        if next_id.item() == tok.eos_token_id:
+            break
+    show = functools.partial(tok.decode, skip_special_tokens=False)
+    return f"input: {show(input_ids[0])}\ntarget: {show(target)}\nmodel: {show(written[0, 1:])}"
+
+
 def _as_dict(batch) -> dict:
     input_ids, labels = batch
     return {"input_ids": input_ids, "labels": labels}
-
-
-def _eval_batches(eval_set, n: int) -> list:
-    # n scales with the number of processes, so the validation windows depend only on the global batch.
-    n = min(n, eval_set.token_file.num_windows(eval_set.seq_len) // eval_set.batch_size)
-    return eval_set.eval_batches(max(n, 1))
 
 
 def _sample_prompt(tok, val_file) -> str:

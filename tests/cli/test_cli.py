@@ -310,7 +310,9 @@ def test_unknown_preset_names_the_known_ones(tmp_path, corpus):
 
 def test_unwritable_output_directory(tmp_path, corpus):
     if os.geteuid() == 0:  # root writes through permission bits; /proc refuses everyone
-        assert_usage_error(lmforge(*PRETRAIN, "--data", corpus, "--out", "/proc/lmforge-run"), "/proc/lmforge-run")
+        assert_usage_error(
+            lmforge(*PRETRAIN, "--data", corpus, "--out", "/proc/lmforge-run"), "/proc/lmforge-run"
+        )
         return
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -1,0 +1,77 @@
+"""The machine a benchmark ran on, and the matmul throughput torch reaches on it: the ceilings that
+MFU (model FLOP utilisation) is measured against.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import torch
+
+from bench.timing import interleave, timed
+from lmforge.device import cpu_has_native_bf16
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+EMULATED_BF16_SIZE = 512
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU model name and flags, from the first processor in /proc/cpuinfo."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or "unknown CPU"
+    return model, set(info.get("flags", "").split())
+
+
+def describe() -> dict:
+    """CPU model, cores, threads, library versions, bf16-relevant CPU flags and the date."""
+    import tokenizers
+    import transformers
+
+    model, flags = _cpuinfo()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "flags": {name: name in flags for name in FLAGS},
+        "native_bf16": cpu_has_native_bf16(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def matmul_ceilings(sizes: list[int], *, warmup: int, repeats: int) -> list[dict]:
+    """GFLOP/s of an (n, n) @ (n, n) matmul in float32 and bfloat16, medians of `repeats` runs.
+
+    Without native bf16 its matmul is emulated, about a hundred times slower: it is measured at one
+    small size only, which is enough to show that.
+    """
+    bf16_sizes = sizes if cpu_has_native_bf16() else [min(*sizes, EMULATED_BF16_SIZE)]
+    rows = []
+    for n in sorted(set(sizes) | set(bf16_sizes)):
+        sides = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            if n in (sizes if dtype == torch.float32 else bf16_sizes):
+                a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+                sides[str(dtype).removeprefix("torch.")] = lambda a=a, b=b: {"seconds": timed(lambda: a @ b)}
+        result = interleave(sides, warmup=warmup, repeats=repeats, label=f"matmul n={n}")
+        for dtype, r in result.items():
+            gflops = 2 * n**3 / r["median"]["seconds"] / 1e9
+            rows.append({"dtype": dtype, "n": n, "gflops": gflops, "runs": len(r["runs"])})
+    return sorted(rows, key=lambda row: (row["dtype"] != "float32", row["n"]))
+
+
+def peak_flops(ceilings: list[dict], dtype: str) -> float:
+    """FLOP/s: the best matmul throughput measured in this dtype."""
+    return 1e9 * max(row["gflops"] for row in ceilings if row["dtype"] == dtype)

@@ -1,0 +1,178 @@
+"""BENCHMARKS.md and results.json from one run's results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HEADER = """# Benchmarks
+
+Written by `python -m bench` ({mode}); do not edit by hand. {mode_note}
+
+**Machine:** {machine}
+
+Every comparison runs both sides in one process, interleaved (A B A B ...) after warm-up; each
+number is the median of the runs shown. **ratio = lmforge / other**: for tok/s and MB/s above 1
+means lmforge is faster; for TTFT and memory below 1 means lmforge is better.
+"""
+MODE_NOTES = {
+    "full": "`make bench` ran every shape.",
+    "quick": "**Quick run** (`make bench-quick`): fewer shapes and repeats; `make bench` runs them all.",
+    "smoke": "**Smoke run**: one tiny shape, 2 repeats, to test the machinery; the numbers mean nothing.",
+}
+TRAIN_NOTE = """Tokens/s of a whole optimizer step (forward, backward, clip, fused AdamW) on the same weights,
+data, batch and precision. MFU = (6 N + 12 n_layers d_model T) x tokens/s / the matmul ceiling of that
+dtype above (N: parameters without position embeddings). {memory} Transformers attention: `{attn}`
+(its default); eager mode on both sides.
+"""
+MEMORY_NOTE = """Peak memory: how far the peak RSS (VmHWM, reset after
+imports; ru_maxrss off Linux) rises in a fresh subprocess that builds the model and optimizer and takes
+{steps} steps: weights, gradients, AdamW state and activations."""
+GENERATE_NOTE = """Greedy decoding with the KV cache, exactly {new} new tokens per row (EOS ignored), same weights
+on both sides; a batch holds prompts of different lengths (left-padded). Decode tok/s counts the tokens
+after the first over the time after it; TTFT is prefill plus the first token. Greedy agreement: the
+share of identical tokens (random weights make near-ties, so rounding alone may flip a few).
+"""
+DATA_NOTE = """`lmforge prepare` with an existing byte-level BPE tokenizer (reads the files, counts and splits
+documents, tokenizes, writes token files) against `tokenizers`' `encode_batch` alone on the same text in
+memory. Corpus: the first files of the built-in corpus (Python's standard library).
+"""
+
+
+def write(results: dict, markdown_path: Path, json_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(render(results), encoding="utf-8")
+
+
+def render(results: dict) -> str:
+    parts = [
+        HEADER.format(
+            mode=results["mode"],
+            mode_note=MODE_NOTES[results["mode"]],
+            machine=describe_machine(results["machine"]),
+        ),
+        _ceilings(results["ceilings"]),
+        _train(results["train"]),
+        _generate(results["generate"]),
+        _data(results["data"]),
+    ]
+    return "\n".join(parts)
+
+
+def describe_machine(m: dict) -> str:
+    """The machine line: CPU, cores, threads, versions, bf16 flags, date."""
+    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in m["flags"].items())
+    bf16 = "native bf16" if m["native_bf16"] else "no native bf16"
+    return (
+        f"{m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), "
+        f"transformers {m['transformers']}, tokenizers {m['tokenizers']}, Python {m['python']}; "
+        f"{flags} ({bf16}); {m['date']}."
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "not measured" if x is None else f"{x:,.{digits}f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"**{x:.2f}**"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def _ceilings(rows: list[dict]) -> str:
+    body = [[r["dtype"], str(r["n"]), _num(r["gflops"], 1), str(r["runs"])] for r in rows]
+    note = (
+        "torch's own (n, n) @ (n, n) matmul; the best size of each dtype is the MFU denominator below. "
+        "Without native bf16 it is emulated (about a hundred times slower), so it is measured at one "
+        "small size only.\n\n"
+    )
+    return "## Matmul ceilings\n\n" + note + _table(["dtype", "n (n x n @ n x n)", "GFLOP/s", "runs"], body)
+
+
+def _skipped(row: dict, first: list[str], width: int) -> list[str]:
+    return [*first, row["skipped"], *[""] * (width - len(first) - 1)]
+
+
+def _train(rows: list[dict]) -> str:
+    header = ["shape", "params", "precision", "batch x seq", "lmforge tok/s", "transformers tok/s", "ratio"]
+    header += [
+        "lmforge MFU",
+        "transformers MFU",
+        "lmforge peak MiB",
+        "transformers peak MiB",
+        "ratio",
+        "runs",
+    ]
+    body = []
+    for r in rows:
+        first = [r["shape"], _params(r["params"]) if "params" in r else "", r["precision"]]
+        if "skipped" in r:
+            body.append(_skipped(r, first, len(header)))
+            continue
+        ours, theirs = r["lmforge"], r["transformers"]
+        body.append(
+            [
+                *first,
+                f"{r['batch_size']} x {r['seq_len']}",
+                _num(ours["tokens_per_s"]),
+                _num(theirs["tokens_per_s"]),
+            ]
+            + [_ratio(r["ratio"]["tokens_per_s"]), f"{100 * ours['mfu']:.1f}%", f"{100 * theirs['mfu']:.1f}%"]
+            + [_num(ours["peak_rss_mb"]), _num(theirs["peak_rss_mb"]), _ratio(r["ratio"].get("peak_rss_mb"))]
+            + [str(r["runs"])]
+        )
+    measured = [r for r in rows if "skipped" not in r]
+    steps = measured[0]["memory_steps"] if measured else 0
+    note = TRAIN_NOTE.format(
+        memory=MEMORY_NOTE.format(steps=steps) if steps else "Peak memory is not measured in this mode.",
+        attn=measured[0]["attn_implementation"] if measured else "n/a",
+    )
+    return "## Training\n\n" + note + "\n" + _table(header, body)
+
+
+def _generate(rows: list[dict]) -> str:
+    header = ["shape", "precision", "batch", "prompt tokens", "lmforge decode tok/s"]
+    header += ["transformers decode tok/s", "ratio", "lmforge TTFT ms", "transformers TTFT ms", "ratio"]
+    header += ["greedy agreement", "runs"]
+    body = []
+    for r in rows:
+        first = [r["shape"], r["precision"], str(r["batch_size"])]
+        if "skipped" in r:
+            body.append(_skipped(r, first, len(header)))
+            continue
+        ours, theirs = r["lmforge"], r["transformers"]
+        lens = r["prompt_lens"]
+        body.append(
+            [*first, str(lens[0]) if len(lens) == 1 else f"{lens[0]}-{lens[-1]}"]
+            + [_num(ours["decode_tokens_per_s"]), _num(theirs["decode_tokens_per_s"])]
+            + [
+                _ratio(r["ratio"]["decode_tokens_per_s"]),
+                _num(ours["ttft_ms"], 1),
+                _num(theirs["ttft_ms"], 1),
+            ]
+            + [_ratio(r["ratio"]["ttft_ms"]), f"{100 * r['greedy_agreement']:.0f}%", str(r["runs"])]
+        )
+    new = next((r["new_tokens"] for r in rows if "new_tokens" in r), 0)
+    return "## Generation\n\n" + GENERATE_NOTE.format(new=new) + "\n" + _table(header, body)
+
+
+def _data(rows: list[dict]) -> str:
+    header = ["corpus MB", "files", "tokens", "lmforge prepare MB/s", "tokenizers encode_batch MB/s"]
+    header += ["ratio", "runs"]
+    body = [
+        [_num(r["megabytes"], 2), str(r["files"]), _num(r["tokens"]), _num(r["lmforge"]["mb_per_s"], 2)]
+        + [_num(r["tokenizers"]["mb_per_s"], 2), _ratio(r["ratio"]["mb_per_s"]), str(r["runs"])]
+        for r in rows
+    ]
+    return "## Data preparation\n\n" + DATA_NOTE + "\n" + _table(header, body)

@@ -1,0 +1,210 @@
+"""Instruction tuning data: JSON Lines in the Alpaca shape or the chat shape, rendered with a chat template.
+
+Two shapes, told apart per line:
+- Alpaca (Taori et al. 2023): {"instruction": ..., "input": ... (optional), "output": ...}; it becomes the
+  conversation [user: instruction + "\n\n" + input (or the instruction alone), assistant: output].
+- chat: {"messages": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}, as OpenAI's and
+  Hugging Face's chat formats.
+
+A conversation is rendered to text by the tokenizer's chat template (Jinja, as `transformers`'
+`apply_chat_template`: variables messages, add_generation_prompt, bos_token, eos_token). A tokenizer with no
+template gets DEFAULT_CHAT_TEMPLATE, stored on it (`ensure_chat_template`), so that the fine-tuned model is
+saved with the template it was trained on and `lmforge chat` renders prompts the same way:
+
+    <|system|>\n{content}\n<|user|>\n{content}\n<|assistant|>\n{content}{eos_token}<|user|>\n...
+
+Labels: the loss covers the assistant's replies only (Ouyang et al. 2022): every prompt token (system, user,
+the template's role markers) is labelled IGNORE_INDEX. Each reply is the text the template adds between
+the prompt with its generation prompt and the conversation with the reply; it ends with the eos token
+(appended when the template does not write it), so that the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.readers import decode_utf8
+from lmforge.errors import LmforgeError
+from lmforge.tokenizers import Tokenizer
+from lmforge.train.loss import IGNORE_INDEX
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[dict[str, str], ...]  # {"role": ..., "content": ...}
+    where: str = ""  # "file:line", for error messages
+
+
+def read_instructions(path: str | Path) -> list[Conversation]:
+    """The conversations of a JSON Lines file of Alpaca or chat rows (see the module docstring)."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise LmforgeError(
+            f"cannot read {path}: {e.strerror}; check the file exists and is readable"
+        ) from None
+    conversations = []
+    with f:
+        for line_number, raw in enumerate(f, start=1):
+            line = decode_utf8(raw)[0].removeprefix("\ufeff")
+            if line.strip():
+                conversations.append(_conversation(line, f"{path}:{line_number}"))
+    if not conversations:
+        raise LmforgeError(f"{path} has no examples; an instruction file needs at least one line")
+    return conversations
+
+
+def _conversation(line: str, where: str) -> Conversation:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise LmforgeError(
+            f"{where} is not valid JSON ({e.msg}); JSON Lines needs one object per line"
+        ) from None
+    if isinstance(row, dict) and "messages" in row:
+        return Conversation(tuple(_message(m, where) for m in _list(row["messages"], where)), where)
+    if isinstance(row, dict) and "instruction" in row and "output" in row:
+        fields = {k: row.get(k, "") for k in ("instruction", "input", "output")}
+        bad = [k for k, v in fields.items() if not isinstance(v, str)]
+        if bad:
+            raise LmforgeError(f"{where}: {', '.join(bad)} should be text")
+        prompt = fields["instruction"] + ("\n\n" + fields["input"] if fields["input"] else "")
+        messages = ({"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]})
+        return Conversation(messages, where)
+    raise LmforgeError(
+        f"{where} is neither an Alpaca row (instruction, input, output) nor a chat row (messages); "
+        "give one of the two shapes"
+    )
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise LmforgeError(f"{where}: 'messages' should be a non-empty list of {{role, content}} objects")
+    return value
+
+
+def _message(message: Any, where: str) -> dict[str, str]:
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        raise LmforgeError(f"{where}: every message needs a text 'content' and a 'role', got {message!r}")
+    if message.get("role") not in ROLES:
+        raise LmforgeError(f"{where}: message role {message.get('role')!r} is not one of {', '.join(ROLES)}")
+    return {"role": message["role"], "content": message["content"]}
+
+
+def ensure_chat_template(tokenizer: Tokenizer) -> str:
+    """The tokenizer's chat template; one without gets DEFAULT_CHAT_TEMPLATE, stored on it."""
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer.chat_template
+
+
+def render_chat(
+    tokenizer: Tokenizer, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool
+) -> str:
+    """The text of a conversation under the tokenizer's chat template (the default when it has none)."""
+    template = _compile(ensure_chat_template(tokenizer))
+    roles = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    try:
+        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **roles)
+    except Exception as e:  # a template's raise_exception(), or any Jinja runtime error
+        raise LmforgeError(f"the chat template cannot render this conversation: {e}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise TemplateError(message)
+
+    # The same environment as transformers, so that templates written for it behave the same here.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    try:
+        return env.from_string(source)
+    except TemplateError as e:
+        raise LmforgeError(
+            f"the tokenizer's chat template is not valid Jinja ({e}); fix chat_template"
+        ) from None
+
+
+def encode_instructions(
+    tokenizer: Tokenizer, conversations: Sequence[Conversation], *, max_length: int | None = None
+) -> list[dict[str, list[int]]]:
+    """One feature per conversation: input_ids, attention_mask and labels (IGNORE_INDEX on prompt tokens).
+
+    Rows are cut to max_length; a conversation with no reply token left is dropped, so the result may be
+    shorter than the input (it is an error when nothing is left).
+    """
+    if not conversations:
+        raise LmforgeError("no instruction examples to encode; the dataset is empty")
+    if tokenizer.eos_token_id is None:
+        raise LmforgeError("the tokenizer has no eos token, so replies cannot end; use one that has")
+    features = []
+    for conversation in conversations:
+        input_ids, labels = encode_conversation(tokenizer, conversation)
+        if max_length is not None:
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        if any(label != IGNORE_INDEX for label in labels):
+            features.append(
+                {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+            )
+    if not features:
+        raise LmforgeError(
+            f"every example's prompt fills max_length {max_length}; pass a larger --max-length"
+        )
+    return features
+
+
+def encode_conversation(tokenizer: Tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation: prompt segments labelled IGNORE_INDEX, replies by their ids."""
+    messages = list(conversation.messages)
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not replies:
+        raise LmforgeError(
+            f"{conversation.where} has no assistant message; there is nothing to learn from it"
+        )
+    input_ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # the text encoded so far
+    for i in replies:  # messages after the last reply carry no loss, and are left out
+        prompt = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise LmforgeError(
+                f"{conversation.where}: the chat template does not render each turn as a continuation of the "
+                "previous ones, so prompt and reply tokens cannot be told apart; use a template that does"
+            )
+        prompt_ids = _encode(tokenizer, prompt[len(done) :])
+        reply_ids = _encode(tokenizer, full[len(prompt) :])
+        if tokenizer.eos_token_id not in reply_ids:
+            reply_ids.append(tokenizer.eos_token_id)
+        input_ids += prompt_ids + reply_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + reply_ids
+        done = full
+    return input_ids, labels
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    # The template writes special tokens (eos, role markers) as text: they must encode as themselves.
+    # As in transformers, no post-processor: a template that wants a bos writes it.
+    return tokenizer.encode(text, add_special_tokens=False, allow_special=True)

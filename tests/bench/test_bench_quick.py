@@ -1,0 +1,89 @@
+"""The benchmark machinery runs end to end in its tiny smoke mode and writes well-formed results.
+
+Speed itself is never asserted: only that every comparison produced positive, finite ratios, into the
+directory given and not over the repository's BENCHMARKS.md.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ratios(node, path=""):
+    """(path, value) of every entry of every "ratio" dict in the results."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "ratio":
+                yield from ((f"{path}.ratio.{m}", v) for m, v in value.items())
+            else:
+                yield from _ratios(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _ratios(value, f"{path}[{i}]")
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_smoke_run_writes_well_formed_results(tmp_path):
+    repo_report = ROOT / "BENCHMARKS.md"
+    before = repo_report.read_bytes() if repo_report.exists() else None
+    proc = _run("bench", "--smoke", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (repo_report.read_bytes() if repo_report.exists() else None) == before
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mode"] == "smoke"
+    assert {"cpu", "cores", "torch_threads", "torch", "transformers", "native_bf16", "date"} <= set(
+        results["machine"]
+    )
+    assert {r["dtype"] for r in results["ceilings"]} == {"float32", "bfloat16"}
+    assert all(r["gflops"] > 0 for r in results["ceilings"])
+    measured = {
+        section: [r for r in results[section] if "skipped" not in r]
+        for section in ("train", "generate", "data")
+    }
+    assert [r["shape"] for r in measured["train"]] == ["tiny"]
+    assert {r["batch_size"] for r in measured["generate"]} == {1, 2}
+    assert len(measured["data"]) == 1
+    for row in measured["train"]:
+        assert row["params"] > 0 and row["lmforge"]["mfu"] > 0 and row["transformers"]["mfu"] > 0
+        assert set(row["ratio"]) == {"tokens_per_s"}  # smoke mode measures no memory
+    for row in measured["generate"]:
+        # Both sides generate exactly new_tokens per row: EOS is ignored on both.
+        expected = row["batch_size"] * row["new_tokens"]
+        assert row["generated_tokens"] == {"lmforge": expected, "transformers": expected}
+        assert set(row["ratio"]) == {"decode_tokens_per_s", "ttft_ms", "tokens_per_s"}
+    skipped = [r for s in ("train", "generate") for r in results[s] if "skipped" in r]
+    if not results["machine"]["native_bf16"]:
+        assert skipped and all(r["skipped"] == "no native bf16 on this CPU" for r in skipped)
+    ratios = list(_ratios(results))
+    assert len(ratios) >= 6
+    for where, value in ratios:
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, where
+
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    for heading in ("## Matmul ceilings", "## Training", "## Generation", "## Data preparation"):
+        assert heading in report
+    assert "Smoke run" in report and results["machine"]["cpu"] in report
+
+
+def test_peak_memory_subprocess_sees_the_model():
+    """A 2-step tiny training run raises the peak RSS by a positive, plausible amount (imports excluded),
+    even when launched from a large process: a child's ru_maxrss starts at its parent's RSS."""
+    import torch
+
+    ballast = torch.ones(100_000_000)  # 400 MB in this process, as in the benchmark's own process
+    case = {"shape": "tiny", "batch_size": 2, "seq_len": 32, "precision": "float32"}
+    proc = _run("bench.memory", json.dumps({"side": "lmforge", "case": case, "steps": 2}))
+    del ballast
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    assert 1 < peak < 200  # a 0.25M-parameter model: far less than the ~200 MiB torch's import takes
