@@ -34,7 +34,16 @@ def builtin_corpus_files() -> list[Path]:
     """`*.py` under the interpreter's standard library: test suites, third-party packages and generated
     files (the `encodings` charmap tables, the `pydoc_data` documentation dump) excluded."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings", "pydoc_data"}
+    skip = {
+        "test",
+        "tests",
+        "idle_test",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "encodings",
+        "pydoc_data",
+    }
     files = [
         f
         for f in sorted(stdlib.rglob("*.py"))
