@@ -119,27 +119,39 @@ def _read_text(path: Path, stats: ReadStats) -> Iterator[str]:
     yield text.removeprefix(_BOM)
 
 
-def _read_jsonl(path: Path, field_name: str, stats: ReadStats) -> Iterator[str]:
+def jsonl_objects(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for every non-blank line of a JSON Lines file; one clear error otherwise."""
+    path = Path(path)
     with _open(path) as f:
         # Lines split on b"\n", which is never inside a multi-byte UTF-8 sequence: decoding per line is exact.
         for line_number, raw in enumerate(f, start=1):
             line, replaced = decode_utf8(raw)
-            stats.add_replacements(str(path), replaced)
+            if stats is not None:
+                stats.add_replacements(str(path), replaced)
             if line_number == 1:
                 line = line.removeprefix(_BOM)
-            if line.strip():
-                yield _jsonl_text(line, field_name, f"{path}:{line_number}")
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmforgeError(
+                    f"{where} is not valid JSON ({e.msg}); JSON Lines input needs one JSON object per line"
+                ) from None
+            if not isinstance(record, dict):
+                raise LmforgeError(
+                    f"{where} is not a JSON object; JSON Lines input needs one object per line"
+                )
+            yield where, record
 
 
-def _jsonl_text(line: str, field_name: str, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LmforgeError(
-            f"{where} is not valid JSON ({e.msg}); JSON Lines input needs one JSON object per line"
-        ) from None
-    if not isinstance(record, dict):
-        raise LmforgeError(f"{where} is not a JSON object; JSON Lines input needs one object per line")
+def _read_jsonl(path: Path, field_name: str, stats: ReadStats) -> Iterator[str]:
+    for where, record in jsonl_objects(path, stats):
+        yield _jsonl_text(record, field_name, where)
+
+
+def _jsonl_text(record: dict, field_name: str, where: str) -> str:
     if field_name not in record:
         fields = ", ".join(map(repr, record)) or "none"
         raise LmforgeError(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import JSONL_SUFFIXES, decode_utf8
+from lmforge.data.readers import JSONL_SUFFIXES, decode_utf8, jsonl_objects
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
 
@@ -154,27 +154,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise LmforgeError(
-            f"cannot read {path}: {e.strerror}; check the file exists and is readable"
-        ) from None
-    with f:
-        for line_number, raw in enumerate(f, start=1):
-            line = decode_utf8(raw)[0].removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(
-                    f"{where} is not valid JSON ({e.msg}); JSON Lines needs one object per line"
-                ) from None
-            if not isinstance(row, dict):
-                raise LmforgeError(f"{where} is not a JSON object; JSON Lines needs one object per line")
-            yield where, row
+    return jsonl_objects(path)
 
 
 def _require(row: dict[str, Any], column: str, where: str, flag: str) -> None:

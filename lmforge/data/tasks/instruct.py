@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import decode_utf8
+from lmforge.data.readers import jsonl_objects
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.loss import IGNORE_INDEX
@@ -52,33 +52,16 @@ class Conversation:
 def read_instructions(path: str | Path) -> list[Conversation]:
     """The conversations of a JSON Lines file of Alpaca or chat rows (see the module docstring)."""
     path = Path(path)
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise LmforgeError(
-            f"cannot read {path}: {e.strerror}; check the file exists and is readable"
-        ) from None
-    conversations = []
-    with f:
-        for line_number, raw in enumerate(f, start=1):
-            line = decode_utf8(raw)[0].removeprefix("\ufeff")
-            if line.strip():
-                conversations.append(_conversation(line, f"{path}:{line_number}"))
+    conversations = [_conversation(row, where) for where, row in jsonl_objects(path)]
     if not conversations:
         raise LmforgeError(f"{path} has no examples; an instruction file needs at least one line")
     return conversations
 
 
-def _conversation(line: str, where: str) -> Conversation:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LmforgeError(
-            f"{where} is not valid JSON ({e.msg}); JSON Lines needs one object per line"
-        ) from None
-    if isinstance(row, dict) and "messages" in row:
+def _conversation(row: dict, where: str) -> Conversation:
+    if "messages" in row:
         return Conversation(tuple(_message(m, where) for m in _list(row["messages"], where)), where)
-    if isinstance(row, dict) and "instruction" in row and "output" in row:
+    if "instruction" in row and "output" in row:
         fields = {k: row.get(k, "") for k in ("instruction", "input", "output")}
         bad = [k for k, v in fields.items() if not isinstance(v, str)]
         if bad:

@@ -9,13 +9,12 @@ labels, ending with the end-of-sequence token so that the model learns to stop (
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import decode_utf8
+from lmforge.data.readers import jsonl_objects
 from lmforge.data.tasks.features import truncating_backend
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
@@ -36,36 +35,13 @@ def read_seq2seq(
     """The rows of a JSON Lines file, `prefix` (say "summarize: ") prepended to every source."""
     path = Path(path)
     examples = []
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise LmforgeError(
-            f"cannot read {path}: {e.strerror}; check the file exists and is readable"
-        ) from None
-    with f:
-        for line_number, raw in enumerate(f, start=1):
-            line = decode_utf8(raw)[0].removeprefix("\ufeff")
-            if line.strip():
-                where = f"{path}:{line_number}"
-                row = _json_object(line, where)
-                source = _text_field(row, source_field, where, "--source-field")
-                target = _text_field(row, target_field, where, "--target-field")
-                examples.append(Seq2SeqExample(prefix + source, target, where))
+    for where, row in jsonl_objects(path):
+        source = _text_field(row, source_field, where, "--source-field")
+        target = _text_field(row, target_field, where, "--target-field")
+        examples.append(Seq2SeqExample(prefix + source, target, where))
     if not examples:
         raise LmforgeError(f"{path} has no examples; a seq2seq file needs at least one line")
     return examples
-
-
-def _json_object(line: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LmforgeError(
-            f"{where} is not valid JSON ({e.msg}); JSON Lines needs one object per line"
-        ) from None
-    if not isinstance(row, dict):
-        raise LmforgeError(f"{where} is not a JSON object; JSON Lines needs one object per line")
-    return row
 
 
 def _text_field(row: dict[str, Any], name: str, where: str, flag: str) -> str:

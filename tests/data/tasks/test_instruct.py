@@ -153,7 +153,7 @@ def test_chatml_template_with_special_tokens(bpe):
 def _conversation_of(row):
     from lmforge.data.tasks.instruct import _conversation
 
-    return _conversation(json.dumps(row), "inline:1")
+    return _conversation(row, "inline:1")
 
 
 def test_truncation_drops_conversations_without_reply_tokens(fresh_bpe, data_file):
