@@ -69,8 +69,9 @@ def check_encoder(model) -> None:
 
     if not isinstance(model, Bert):
         kind = getattr(model.config, "model_type", type(model).__name__)
+        what = "an encoder-decoder model" if kind == "t5" else "a decoder-only language model"
         raise LmforgeError(
-            f"{kind} is a decoder-only language model; embed needs an encoder such as BERT "
+            f"{kind} is {what}; embed needs an encoder such as BERT "
             "(a BertModel or sentence-transformers checkpoint)"
         )
 
