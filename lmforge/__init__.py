@@ -27,6 +27,8 @@ _EXPORTS = {
     "LlamaConfig": "lmforge.models",
     "T5Config": "lmforge.models",
     "build_model": "lmforge.models",
+    "SequenceClassifier": "lmforge.models",
+    "SpanQA": "lmforge.models",
     "get_preset": "lmforge.models",
     "PrepareConfig": "lmforge.data.prepare",
     "prepare": "lmforge.data.prepare",

@@ -17,13 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
-from lmforge.hf.config import from_hf_config, to_hf_config
+from lmforge.hf.config import classifier_labels, from_hf_config, head_hf_fields, head_task, to_hf_config
 from lmforge.hf.keys import from_hf_state, to_hf_state
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 HEAD_FROM_EMBEDDING = ("t5",)  # families whose untied head, when missing, starts as the embedding
 OPTIONAL_HEADS = ("pooler.",)  # heads a checkpoint may hold that a model may leave out
+BASE = "base."  # a task model's (lmforge/models/heads.py) base model, stored under the family's names
 
 
 def tied_weights(model) -> dict[str, str]:
@@ -118,9 +119,16 @@ def load_model(
 ):
     """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
     from lmforge.models import build_model
+    from lmforge.models.heads import TASK_MODELS, ClassifierConfig
 
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
-    model = build_model(from_hf_config(read_json(ckpt_dir / "config.json")))
+    hf_config = read_json(ckpt_dir / "config.json")
+    model = build_model(from_hf_config(hf_config))
+    task = head_task(hf_config)  # a *ForSequenceClassification or *ForQuestionAnswering checkpoint
+    if task == "classification":
+        model = TASK_MODELS[task](model, ClassifierConfig(**classifier_labels(hf_config)))
+    elif task is not None:
+        model = TASK_MODELS[task](model)
     load_weights(model, ckpt_dir)
     model.name_or_path = str(ckpt_dir)  # where it came from: embed reads sentence-transformers settings there
     return model.to(device=device, dtype=dtype).eval()
@@ -131,16 +139,20 @@ def load_weights(model, ckpt_dir: Path) -> None:
     config = model.config
     n_decoder_layers = getattr(config, "n_decoder_layers", None)
     state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers, n_decoder_layers)
+    expected = model.state_dict()
+    if any(k.startswith(BASE) for k in expected):  # a task model: all but its head sit under `base.`
+        state = {(k if k in expected else BASE + k): v for k, v in state.items()}
     for name, source in tied_weights(model).items():
         if name not in state and source in state:
             state[name] = state[source]
     if config.model_type in HEAD_FROM_EMBEDDING and "lm_head.weight" not in state and "embed.weight" in state:
         # transformers 5 ties every T5 head in memory, so its T5 v1.1 saves lack lm_head.weight
         state["lm_head.weight"] = state["embed.weight"]
-    expected = model.state_dict()
     # A head the model was not built with (the pooler of a BertForPreTraining file opened as a
     # masked LM) is dropped; any other stray weight means the config and weights disagree.
-    state = {k: v for k, v in state.items() if k in expected or not k.startswith(OPTIONAL_HEADS)}
+    state = {
+        k: v for k, v in state.items() if k in expected or not k.removeprefix(BASE).startswith(OPTIONAL_HEADS)
+    }
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise LmforgeError(
@@ -178,10 +190,13 @@ def save_model(
     state = dict(state_dict if state_dict is not None else model.state_dict())
     for name in tied_weights(model):
         state.pop(name, None)  # tied: stored once, as the embedding
+    state = {k.removeprefix(BASE): v for k, v in state.items()}
     n_decoder_layers = getattr(model.config, "n_decoder_layers", None)
     hf_state = to_hf_state(state, model.config.model_type, model.config.n_layers, n_decoder_layers)
     hf_state = {k: v.detach().to("cpu").contiguous() for k, v in hf_state.items()}
     hf_config = to_hf_config(model.config)
+    if hasattr(model, "task"):
+        hf_config.update(head_hf_fields(model))
     hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     shards = _shard(hf_state, max_shard_size)

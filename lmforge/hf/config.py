@@ -83,6 +83,13 @@ ENCODER_ARCHITECTURES = {
     "bert": ("BertModel", "BertForMaskedLM"),
     "roberta": ("RobertaModel", "RobertaForMaskedLM"),
 }
+# Task heads (lmforge/models/heads.py): (model_type, task) <-> the transformers class with that head.
+HEAD_ARCHITECTURES = {
+    ("bert", "classification"): "BertForSequenceClassification",
+    ("bert", "span_qa"): "BertForQuestionAnswering",
+    ("gpt2", "classification"): "GPT2ForSequenceClassification",
+    ("llama", "classification"): "LlamaForSequenceClassification",
+}
 
 
 def from_hf_config(hf: dict):
@@ -166,7 +173,7 @@ def _encoder_fields(hf: dict) -> dict:
         raise LmforgeError(f"unsupported position_embedding_type {kind!r}; only absolute is supported")
     architectures = hf.get("architectures") or []
     use_mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
-    default_pooler = not any(a.endswith("ForMaskedLM") for a in architectures)
+    default_pooler = not any(a.endswith(("ForMaskedLM", "ForQuestionAnswering")) for a in architectures)
     return {
         "activation": _activation(hf.get("hidden_act", "gelu")),
         "use_mlm_head": use_mlm_head,
@@ -211,6 +218,37 @@ def _rope_fields(hf: dict) -> dict:
     theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default"))
     return {"rope_theta": float(theta), "rope_scaling": None if kind == "default" else params}
+
+
+def head_task(hf: dict) -> str | None:
+    """The task head ("classification", "span_qa") that config.json's `architectures` names, if any."""
+    tasks = {arch: task for (_, task), arch in HEAD_ARCHITECTURES.items()}
+    return next((tasks[a] for a in hf.get("architectures") or [] if a in tasks), None)
+
+
+def classifier_labels(hf: dict) -> dict:
+    """num_labels, id2label and label2id from config.json (JSON keys are strings; ids are ints)."""
+    id2label = hf.get("id2label")
+    try:
+        id2label = {int(i): name for i, name in id2label.items()} if id2label else None
+    except (AttributeError, ValueError):
+        raise LmforgeError("config.json id2label should map label ids (0, 1, ...) to names") from None
+    num_labels = hf.get("num_labels")
+    if id2label and num_labels is not None and num_labels != len(id2label):
+        id2label = None  # transformers lets num_labels win, with fresh names
+    label2id = hf.get("label2id") if id2label else None
+    return {"num_labels": num_labels, "id2label": id2label, "label2id": label2id}
+
+
+def head_hf_fields(model) -> dict:
+    """The config.json entries of a task model: its architecture and, for a classifier, its labels."""
+    hf = {"architectures": [HEAD_ARCHITECTURES[model.config.model_type, model.task]]}
+    labels = getattr(model, "labels", None)
+    if labels is not None:
+        hf["num_labels"] = labels.num_labels
+        hf["id2label"] = {str(i): name for i, name in labels.id2label.items()}
+        hf["label2id"] = dict(labels.label2id)
+    return hf
 
 
 def config_fields(config) -> dict:

@@ -7,6 +7,7 @@ declared here, so model code never sees them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -164,10 +165,21 @@ def _t5_map() -> KeyMap:
     return KeyMap(names, "", ignored=ignored, gated_names=gated_names)
 
 
+def _with_task_heads(key_map: KeyMap, names: list[str]) -> KeyMap:
+    """The map plus task-head weights (lmforge/models/heads.py), which keep their names in both libraries."""
+    heads = tuple(dict.fromkeys(n.split(".")[0] + "." for n in names))
+    return dataclasses.replace(
+        key_map, names={**key_map.names, **{n: n for n in names}}, heads=key_map.heads + heads
+    )
+
+
 KEY_MAPS = {
-    "gpt2": _gpt2_map(),
-    "llama": _llama_map(),
-    "bert": _bert_map("bert.", "cls.predictions.", "transform.dense", "transform.LayerNorm"),
+    "gpt2": _with_task_heads(_gpt2_map(), ["score.weight"]),
+    "llama": _with_task_heads(_llama_map(), ["score.weight"]),
+    "bert": _with_task_heads(
+        _bert_map("bert.", "cls.predictions.", "transform.dense", "transform.LayerNorm"),
+        ["classifier.weight", "classifier.bias", "qa_outputs.weight", "qa_outputs.bias"],
+    ),
     "roberta": _bert_map("roberta.", "lm_head.", "dense", "layer_norm"),
     "t5": _t5_map(),
 }

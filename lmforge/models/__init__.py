@@ -6,6 +6,7 @@ from lmforge.errors import LmforgeError
 from lmforge.models.bert import Bert, BertConfig, RobertaConfig
 from lmforge.models.decoder import CausalLM
 from lmforge.models.gpt2 import GPT2, GPT2Config
+from lmforge.models.heads import ClassifierConfig, SequenceClassifier, SpanQA
 from lmforge.models.llama import Llama, LlamaConfig
 from lmforge.models.presets import PRESETS, get_preset
 from lmforge.models.t5 import T5, T5Config
@@ -41,10 +42,13 @@ __all__ = [
     "Bert",
     "BertConfig",
     "CausalLM",
+    "ClassifierConfig",
     "GPT2Config",
     "Llama",
     "LlamaConfig",
     "RobertaConfig",
+    "SequenceClassifier",
+    "SpanQA",
     "T5Config",
     "build_model",
     "get_preset",
