@@ -34,6 +34,8 @@ _EXPORTS = {
     "prepare": "lmforge.data.prepare",
     "PretrainConfig": "lmforge.train.pretrain",
     "pretrain": "lmforge.train.pretrain",
+    "FinetuneConfig": "lmforge.train.finetune",
+    "finetune": "lmforge.train.finetune",
     "load_tokenizer": "lmforge.tokenizers",
     "train_tokenizer": "lmforge.tokenizers",
 }

@@ -174,6 +174,49 @@ def cmd_pretrain(args) -> None:
         )
 
 
+def cmd_finetune(args) -> None:
+    from lmforge.eval.metrics import format_table
+    from lmforge.train.finetune import FinetuneConfig, finetune
+
+    config = cfg.build(FinetuneConfig, args, cfg.load_recipe(args.config) if args.config else None)
+    metrics = finetune(config)
+    if not metrics:
+        print(
+            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
+        )
+        return
+    print(format_table({k: metrics[k] for k in ("accuracy", "macro_f1")}))
+    print(f"validation metrics in {Path(config.out) / 'metrics.json'}; model in {config.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from lmforge.eval.metrics import format_table
+    from lmforge.train.finetune import evaluate_classifier, write_metrics
+
+    if args.task != "classification":
+        raise LmforgeError(f"evaluate does not do task {args.task!r} yet; choose classification")
+    metrics = evaluate_classifier(
+        args.model,
+        args.data,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        text_column=args.text_column,
+        label_column=args.label_column,
+    )
+    print(format_table(metrics))
+    out = Path(args.out) if args.out else Path(args.model) / "metrics.json"
+    write_metrics(metrics, out)
+    print(f"metrics in {out}")
+
+
+def cmd_classify(args) -> None:
+    from lmforge.train.finetune import classify_texts
+
+    texts = _read_texts(args.input, "input")
+    for label in classify_texts(args.model, texts, max_length=args.max_length, batch_size=args.batch_size):
+        print(label)
+
+
 def cmd_merge_lora(args) -> None:
     from lmforge.device import resolve_dtype
     from lmforge.hf.peft import merge_adapter
@@ -230,6 +273,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="directory for tokenizer.json and its config")
     p.set_defaults(func=cmd_tokenizer_train)
     _add_embedding_verbs(verbs)
+    _add_finetune_verbs(verbs)
 
     p = verbs.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights")
     p.add_argument("--model", required=True, help="the base checkpoint directory (lmforge or Hugging Face)")
@@ -238,6 +282,33 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.set_defaults(func=cmd_merge_lora)
     return parser
+
+
+def _add_finetune_verbs(verbs) -> None:
+    from lmforge.train.finetune import FinetuneConfig
+
+    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled text (classification)")
+    p.add_argument("--config", help="a TOML or YAML recipe; flags override its keys")
+    cfg.add_arguments(p, FinetuneConfig, skip=("seq_len", "sample_tokens", "eval_batches"))
+    p.set_defaults(func=cmd_finetune)
+
+    p = verbs.add_parser("evaluate", help="print a fine-tuned model's metrics on a labelled file")
+    p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")
+    p.add_argument("--task", default="classification", help="classification (default)")
+    p.add_argument("--data", required=True, help="a labelled CSV or JSON Lines file")
+    p.add_argument("--out", help="the metrics JSON file to write (default: MODEL/metrics.json)")
+    p.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
+    p.add_argument("--label-column", default="label", help="the column holding the label (default: label)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per example (default: 512)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("classify", help="print the predicted label of each line of a file")
+    p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")
+    p.add_argument("--input", required=True, help="a text file, one text per line")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text (default: 512)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.set_defaults(func=cmd_classify)
 
 
 def _add_encoder_flags(p: argparse.ArgumentParser) -> None:

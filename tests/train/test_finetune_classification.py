@@ -1,0 +1,178 @@
+"""`lmforge finetune --task classification`, `evaluate` and `classify` as a user runs them: a real
+subprocess on a tiny BERT "pretrained" checkpoint and a small CSV whose classes are told apart by keywords."""
+
+import csv
+import json
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmforge
+from lmforge.models import SequenceClassifier, build_model, get_preset
+from lmforge.tokenizers import train_tokenizer
+
+KEYWORDS = {
+    "cooking": ["oven", "flour", "simmer", "recipe", "garlic"],
+    "space": ["orbit", "rocket", "planet", "galaxy", "comet"],
+    "sport": ["goal", "referee", "stadium", "league", "match"],
+}
+FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "was", "for", "on", "with", "as", "at", "by"]
+
+
+def _rows(n_per_class: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_per_class):
+        for label, words in KEYWORDS.items():
+            text = [rng.choice(FILLER) for _ in range(rng.randint(6, 12))]
+            for word in rng.sample(words, 2):
+                text.insert(rng.randrange(len(text) + 1), word)
+            rows.append({"text": " ".join(text), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def _write_csv(path, rows, columns=("text", "label")) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random BERT with a WordPiece tokenizer saved as the "pretrained" model, and the data."""
+    root = tmp_path_factory.mktemp("finetune")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["text"] for r in _rows(40, seed=1)) + "\n")
+    tok = train_tokenizer([corpus], vocab_size=120, kind="wordpiece")
+    config = get_preset(
+        "bert-tiny", vocab_size=128, n_layers=2, pad_token_id=tok.pad_token_id, max_seq_len=64
+    )
+    base = root / "base"
+    build_model(config).save_pretrained(base)
+    tok.save_pretrained(base)
+    data = root / "data"
+    data.mkdir()
+    _write_csv(data / "train.csv", _rows(60, seed=2))
+    _write_csv(data / "validation.csv", _rows(20, seed=3))
+    return root, base, data
+
+
+def _lmforge(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+TRAIN_FLAGS = ("--max-steps", 60, "--batch-size", 16, "--lr", 2e-3, "--warmup-steps", 4, "--eval-every", 20)
+TRAIN_FLAGS += ("--max-length", 32, "--no-progress", "--device", "cpu", "--seed", 0)
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    root, base, data = setup
+    out = root / "run"
+    result = _lmforge(
+        "finetune", "--task", "classification", "--model", base, "--data", data, "--out", out, *TRAIN_FLAGS
+    )
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_finetune_beats_majority_baseline(trained):
+    out, result = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(
+        f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} (majority 0.3333)"
+    )
+    assert metrics["accuracy"] > 0.9  # balanced 3 classes: the majority baseline is 1/3
+    assert "accuracy" in result.stdout and "macro_f1" in result.stdout
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["accuracy"] >= metrics["accuracy"]  # OUT/best holds the best evaluation, the last included
+
+
+def test_output_reopens_as_classifier_with_labels(trained, setup):
+    out, _ = trained
+    model = lmforge.load_model(out)
+    assert isinstance(model, SequenceClassifier)
+    assert model.labels.id2label == {0: "cooking", 1: "space", 2: "sport"}
+    assert lmforge.load_tokenizer(out).vocab_size == lmforge.load_tokenizer(setup[1]).vocab_size
+
+
+def test_evaluate_and_classify(trained, setup):
+    out, _ = trained
+    root, _, data = setup
+    result = _lmforge(
+        "evaluate",
+        "--model",
+        out,
+        "--task",
+        "classification",
+        "--data",
+        data / "validation.csv",
+        "--out",
+        root / "eval.json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((root / "eval.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    lines = root / "lines.txt"
+    lines.write_text("the rocket was in orbit of the planet\nthe referee was at the stadium for the match\n")
+    result = _lmforge("classify", "--model", out, "--input", lines)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["space", "sport"]
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(setup, trained):
+    root, base, data = setup
+    _one_line_error(_lmforge("finetune", "--task", "qa", "--model", base, "--out", root / "x"), "qa")
+    no_label = root / "nolabel.csv"
+    _write_csv(no_label, _rows(3, seed=4), columns=("text",))
+    run = ("finetune", "--model", base, "--out", root / "y", "--no-progress")
+    _one_line_error(_lmforge(*run, "--data", no_label), "'label'", "--label-column")
+    empty = root / "empty.csv"
+    empty.write_text("text,label\n")
+    _one_line_error(_lmforge(*run, "--data", empty), "no examples")
+    unknown = root / "unknown.csv"
+    _write_csv(unknown, [{"text": "orbit", "label": "space"}, {"text": "a b", "label": "weather"}])
+    _one_line_error(_lmforge("evaluate", "--model", trained[0], "--data", unknown), "'weather'", "line 3")
+    _one_line_error(_lmforge("classify", "--model", base, "--input", unknown), "not a sequence classifier")
+    t5 = root / "t5"
+    build_model(get_preset("t5-tiny", vocab_size=128)).save_pretrained(t5)
+    lmforge.load_tokenizer(base).save_pretrained(t5)
+    _one_line_error(_lmforge(*run, "--data", data, "--model", t5), "t5", "classification")
+
+
+def test_resume_from_a_checkpoint_is_bitwise_identical(setup):
+    """Resuming from step 10 of a 20-step run (as after a crash) ends with the same weights."""
+    root, base, data = setup
+    flags = ("--model", base, "--data", data, "--max-steps", 20, "--save-every", 10, "--eval-every", 10)
+    flags += ("--batch-size", 8, "--lr", 2e-3, "--max-length", 32, "--no-progress", "--device", "cpu")
+    straight, crashed = root / "straight", root / "crashed"
+    assert _lmforge("finetune", *flags, "--out", straight).returncode == 0
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step-00000010", crashed / "checkpoints" / "step-00000010")
+    resumed = _lmforge("finetune", *flags, "--out", crashed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((crashed / "metrics.json").read_text()) == json.loads(
+        (straight / "metrics.json").read_text()
+    )
