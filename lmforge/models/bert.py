@@ -11,12 +11,12 @@ then a projection tied to the token embedding, with its own bias).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from lmforge.models.base import PretrainedModel
 from lmforge.nn import MLP, Attention, LayerNorm, padding_mask
 from lmforge.nn.mlp import get_activation
 
@@ -98,7 +98,7 @@ class MaskedLMHead(nn.Module):
         return self.proj(self.norm(self.act(self.dense(x)))) + self.bias
 
 
-class Bert(nn.Module):
+class Bert(PretrainedModel):
     """The encoder; `forward` gives masked-LM logits when the model has that head, else hidden states."""
 
     is_encoder_decoder = False
@@ -167,19 +167,6 @@ class Bert(nn.Module):
             raise ValueError("this model has no pooler (build it with use_pooler=True)")
         return torch.tanh(self.pooler(self.hidden(input_ids, attention_mask, token_type_ids)[:, 0]))
 
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
-
-    def num_params(self, *, trainable_only: bool = False) -> int:
-        """Parameters, counting the tied MLM projection once."""
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
-        return sum(p.numel() for p in params.values())
-
     def init_weights(self) -> None:
         """As BERT: N(0, 0.02) weights, zero biases, LayerNorms at identity."""
         for module in self.modules():
@@ -190,11 +177,3 @@ class Bert(nn.Module):
             if isinstance(module, LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-
-    def save_pretrained(
-        self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None
-    ) -> None:
-        """Write config.json and model.safetensors that `transformers` opens directly."""
-        from lmforge.hf.checkpoint import save_model
-
-        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)

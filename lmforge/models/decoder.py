@@ -8,15 +8,15 @@ A family (gpt2.py, llama.py) subclasses `CausalLM` and defines `config`, `blocks
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from lmforge.models.base import PretrainedModel
 from lmforge.nn import KVCache
 
 
-class CausalLM(nn.Module):
+class CausalLM(PretrainedModel):
     """Base class of the decoder-only families: next-token logits from token ids."""
 
     config: object
@@ -53,19 +53,6 @@ class CausalLM(nn.Module):
             device=self.device,
         )
 
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    def num_params(self, *, trainable_only: bool = False) -> int:
-        """Parameters, counting tied ones once."""
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
-        return sum(p.numel() for p in params.values())
-
     def init_weights(self) -> None:
         """N(0, 0.02) weights and zero biases; the projections that write into the residual stream
         are scaled by 1/sqrt(2 n_layers) so its variance does not grow with depth (GPT-2 paper)."""
@@ -76,11 +63,3 @@ class CausalLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else 0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def save_pretrained(
-        self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None
-    ) -> None:
-        """Write config.json and model.safetensors that `transformers` opens directly."""
-        from lmforge.hf.checkpoint import save_model
-
-        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)

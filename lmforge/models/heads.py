@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
+from lmforge.models.base import PretrainedModel
 from lmforge.models.bert import Bert
 
 
@@ -72,7 +73,7 @@ def _prepare_base(base: nn.Module, *, use_pooler: bool) -> nn.Module:
     return base
 
 
-class TaskModel(nn.Module):
+class TaskModel(PretrainedModel):
     """What both heads share: the base model under `base`, and its config as `config`."""
 
     task: ClassVar[str]
@@ -86,24 +87,6 @@ class TaskModel(nn.Module):
     @property
     def is_encoder(self) -> bool:
         return isinstance(self.base, Bert)
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.base.embed.weight.dtype
-
-    def num_params(self, *, trainable_only: bool = False) -> int:
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
-        return sum(p.numel() for p in params.values())
-
-    def save_pretrained(self, out_dir, *, max_shard_size: int | None = None, state_dict=None) -> None:
-        """Write config.json and model.safetensors that transformers' Auto class for the task opens."""
-        from lmforge.hf.checkpoint import save_model
-
-        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
 
 
 class SequenceClassifier(TaskModel):

@@ -14,12 +14,12 @@ Transformer"), the encoder-decoder Transformer of Vaswani et al. (2017) with T5'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from lmforge.models.base import PretrainedModel
 from lmforge.nn import (
     MLP,
     Attention,
@@ -149,7 +149,7 @@ class T5Stack(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class T5(nn.Module):
+class T5(PretrainedModel):
     """Encoder-decoder: `encode` the input once, then `decode` output tokens against it."""
 
     is_encoder_decoder = True
@@ -231,19 +231,6 @@ class T5(nn.Module):
         )
         return Seq2SeqCache(self_attn, CrossKVCache(n_layers))
 
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    def num_params(self, *, trainable_only: bool = False) -> int:
-        """Parameters, counting tied ones once."""
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
-        return sum(p.numel() for p in params.values())
-
     @torch.no_grad()
     def init_weights(self) -> None:
         """T5's initialisation (Mesh TensorFlow): each matrix N(0, 1/fan_in), with the query also
@@ -259,11 +246,3 @@ class T5(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         nn.init.normal_(self.embed.weight, std=1.0)
-
-    def save_pretrained(
-        self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None
-    ) -> None:
-        """Write config.json and model.safetensors that `transformers.T5ForConditionalGeneration` opens."""
-        from lmforge.hf.checkpoint import save_model
-
-        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
