@@ -75,7 +75,8 @@ def _lmforge(*args, cwd=None):
     )
 
 
-TRAIN_FLAGS = ("--max-steps", 60, "--batch-size", 16, "--lr", 2e-3, "--warmup-steps", 4, "--eval-every", 20)
+# 150 steps at 1e-3 reach accuracy 1.0 from each of 12 random inits tried (60 steps at 2e-3 failed 2 of 5)
+TRAIN_FLAGS = ("--max-steps", 150, "--batch-size", 16, "--lr", 1e-3, "--warmup-steps", 4, "--eval-every", 50)
 TRAIN_FLAGS += ("--max-length", 32, "--no-progress", "--device", "cpu", "--seed", 0)
 
 
