@@ -7,6 +7,7 @@ one line naming the problem and exits with code 2; there is never a traceback fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -177,6 +178,7 @@ def cmd_pretrain(args) -> None:
 def cmd_finetune(args) -> None:
     from lmforge.eval.metrics import format_table
     from lmforge.train.finetune import FinetuneConfig, finetune
+    from lmforge.train.tasks import get_task
 
     config = cfg.build(FinetuneConfig, args, cfg.load_recipe(args.config) if args.config else None)
     metrics = finetune(config)
@@ -185,32 +187,25 @@ def cmd_finetune(args) -> None:
             f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
         )
         return
-    print(format_table({k: metrics[k] for k in ("accuracy", "macro_f1")}))
+    print(format_table({k: v for k, v in metrics.items() if k in get_task(config.task).metrics}))
     print(f"validation metrics in {Path(config.out) / 'metrics.json'}; model in {config.out}")
 
 
 def cmd_evaluate(args) -> None:
     from lmforge.eval.metrics import format_table
-    from lmforge.train.finetune import evaluate_classifier, write_metrics
+    from lmforge.train.finetune import FinetuneConfig, write_metrics
+    from lmforge.train.tasks import get_task
 
-    if args.task != "classification":
-        raise LmforgeError(f"evaluate does not do task {args.task!r} yet; choose classification")
-    metrics = evaluate_classifier(
-        args.model,
-        args.data,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        text_column=args.text_column,
-        label_column=args.label_column,
-    )
-    print(format_table(metrics))
-    out = Path(args.out) if args.out else Path(args.model) / "metrics.json"
+    config = cfg.build(FinetuneConfig, args)
+    metrics = get_task(config.task)(config).evaluate(Path(args.data))
+    print(format_table({k: v for k, v in metrics.items() if isinstance(v, int | float)}))
+    out = Path(args.metrics_out) if args.metrics_out else Path(args.model) / "metrics.json"
     write_metrics(metrics, out)
     print(f"metrics in {out}")
 
 
 def cmd_classify(args) -> None:
-    from lmforge.train.finetune import classify_texts
+    from lmforge.train.tasks.classification import classify_texts
 
     texts = _read_texts(args.input, "input")
     for label in classify_texts(args.model, texts, max_length=args.max_length, batch_size=args.batch_size):
@@ -284,24 +279,47 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+# FinetuneConfig fields that `evaluate` takes too: how the task reads and encodes its data.
+EVALUATE_FLAGS = (
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "stride",
+    "max_answer_length",
+    "source_field",
+    "target_field",
+    "source_prefix",
+    "max_target_length",
+)
+
+
 def _add_finetune_verbs(verbs) -> None:
     from lmforge.train.finetune import FinetuneConfig
 
-    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled text (classification)")
+    p = verbs.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model: classification, qa, seq2seq or instruct (full or LoRA)",
+    )
     p.add_argument("--config", help="a TOML or YAML recipe; flags override its keys")
     cfg.add_arguments(p, FinetuneConfig, skip=("seq_len", "sample_tokens", "eval_batches"))
     p.set_defaults(func=cmd_finetune)
 
-    p = verbs.add_parser("evaluate", help="print a fine-tuned model's metrics on a labelled file")
-    p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")
-    p.add_argument("--task", default="classification", help="classification (default)")
-    p.add_argument("--data", required=True, help="a labelled CSV or JSON Lines file")
-    p.add_argument("--out", help="the metrics JSON file to write (default: MODEL/metrics.json)")
-    p.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
-    p.add_argument("--label-column", default="label", help="the column holding the label (default: label)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per example (default: 512)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
-    p.set_defaults(func=cmd_evaluate)
+    p = verbs.add_parser("evaluate", help="print a fine-tuned model's task metrics on a labelled file")
+    p.add_argument("--data", required=True, help="a labelled data file of the task's format")
+    p.add_argument(
+        "--out", dest="metrics_out", help="the metrics JSON file to write (default: MODEL/metrics.json)"
+    )
+    kept = {"model", "task", "max_length", "batch_size", "device", *EVALUATE_FLAGS}
+    cfg.add_arguments(
+        p,
+        FinetuneConfig,
+        skip=tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in kept),
+        help={
+            "model": "the fine-tuned checkpoint directory",
+            "max_length": "tokens per example (default: 512)",
+        },
+    )
+    p.set_defaults(func=cmd_evaluate, max_length=512, batch_size=32)
 
     p = verbs.add_parser("classify", help="print the predicted label of each line of a file")
     p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")

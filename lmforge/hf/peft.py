@@ -225,7 +225,8 @@ def _read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(model, adapter_dir: str | Path):
-    """Apply a PEFT LoRA adapter directory (from save_adapter or peft) to an lmforge model; returns the model."""
+    """Apply a PEFT LoRA adapter directory (from save_adapter or peft) to an lmforge model; returns the model.
+    A model that has adapters already (apply_lora) gets their weights from the directory."""
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     names = _Names(model)
@@ -255,6 +256,9 @@ def load_adapter(model, adapter_dir: str | Path):
             kept.add(_parent(ours))
     if not targets:
         raise LmforgeError(f"{adapter_dir} holds no LoRA weights (lora_A / lora_B)")
+    if getattr(model, "lora_config", None) is not None:  # adapters in place already (resuming training)
+        load_lora_state_dict(model, state, source=str(adapter_dir))
+        return model
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
     apply_lora(
         model,

@@ -17,9 +17,12 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.inference.batch import TokenBuffer, next_token_logits
 from lmforge.inference.beam import beam_search
+from lmforge.inference.few_rows import few_rows_linear
 from lmforge.inference.sampling import sample_next
 from lmforge.inference.seq2seq import decoder_start_prompts, encode_inputs
+from lmforge.inference.static_cache import StaticDecoder
 from lmforge.inference.stop import StopChecker
+from lmforge.models.decoder import CausalLM
 from lmforge.tokenizers import IncrementalDecoder
 
 
@@ -38,6 +41,9 @@ class GenerationConfig:
     num_beams: int = 1  # > 1: beam search
     length_penalty: float = 1.0  # beam search: > 1 favours longer texts
     use_cache: bool = True  # KV cache (off recomputes every step)
+    # torch.compile the decode step on a static KV cache; None: on for CUDA, off on CPU (where the
+    # compilation takes longer than it saves on a short generation)
+    use_compile: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -59,6 +65,7 @@ class GenerationConfig:
             ("repetition_penalty", self.repetition_penalty > 0, "a number > 0 (1 is no penalty)"),
             ("num_beams", is_int(self.num_beams) and self.num_beams >= 1, "an integer >= 1"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
+            ("use_compile", self.use_compile in (None, True, False), "True, False or None (automatic)"),
         ]
         for name, is_valid, allowed in checks:
             if not is_valid:
@@ -129,11 +136,12 @@ def _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, 
     vocab_size = model.config.vocab_size if config.repetition_penalty != 1.0 else None
     capacity = max(len(p) for p in prompts) + max_new
     batch = TokenBuffer(prompts, capacity, pad_token_id, model.device, vocab_size=vocab_size)
-    cache = model.new_cache(len(prompts), capacity - 1) if config.use_cache else None
+    next_logits = _logits_source(model, batch, config, capacity)
     generator = _new_generator(config.seed, model.device)
     is_done = [False] * len(prompts)
+    tokens = None
     for _ in range(max_new):
-        tokens = sample_next(next_token_logits(model, batch, cache), config, generator, seen=batch.seen)
+        tokens = sample_next(next_logits(tokens), config, generator, seen=batch.seen)
         # A finished row is still computed with the batch (its tokens are ignored), so rows never move.
         batch.append(tokens)
         step = [None if done else t for done, t in zip(is_done, tokens.tolist())]
@@ -142,6 +150,28 @@ def _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, 
         is_done = [done or row in ended_rows for row, done in enumerate(is_done)]
         if all(is_done):
             return
+
+
+def _logits_source(model, batch: TokenBuffer, config: GenerationConfig, capacity: int):
+    """A function from the tokens just appended to `batch` (None before the first step) to the
+    next logits (B, V): on a static KV cache for decoder-only models, the dynamic one otherwise."""
+    n_rows = len(batch.ids)
+    if not config.use_cache or not isinstance(model, CausalLM):  # an encoder-decoder has its own caches
+        cache = model.new_cache(n_rows, capacity - 1) if config.use_cache else None
+        return lambda tokens: next_token_logits(model, batch, cache)
+    use_compile = model.device.type == "cuda" if config.use_compile is None else config.use_compile
+    decoder = StaticDecoder(model, n_rows, capacity - 1, use_compile=use_compile)
+    mask = batch.mask[:, : batch.length] if batch.is_padded else None
+
+    def next_logits(tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is None:
+            return decoder.prefill(batch.ids[:, : batch.length], mask)
+        # NOTE: entered per step, not around the loop: a mode left on across a yield would also
+        # catch the caller's own torch calls.
+        with few_rows_linear(n_rows, model.device):
+            return decoder.step(tokens)
+
+    return next_logits
 
 
 def _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows):

@@ -107,8 +107,12 @@ def decoder_mask(
     """The mask for causal self-attention: (mask, is_causal) for `scaled_dot_product_attention`.
 
     attention_mask is (B, past_len + q_len), 1 for real tokens and 0 for padding, or None.
-    Without padding no mask tensor is built: SDPA's own causal path is faster.
+    Without padding no mask tensor is built: SDPA's own causal path is faster. A 4-D bool
+    attention_mask (B, 1, T, S) is already the whole mask (a static KV cache builds its own) and is
+    used as it is.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask, False
     if attention_mask is None:
         if past_len == 0:
             return None, q_len > 1

@@ -1,32 +1,36 @@
-"""`lmforge finetune --task classification`: a pretrained model plus a new classification head, trained
-end to end on labelled text (Devlin et al. 2019, section 4.1), and `evaluate` / `classify` with the result.
+"""`lmforge finetune`: a pretrained model (lmforge's or a Hugging Face checkpoint) trained further on a
+task's labelled data, fully or with LoRA adapters, on the one training loop.
 
-The data is a CSV or JSON Lines file of text and label (lmforge/data/tasks/classification.py), or the
-built-in `stdlib-package` task. The loss is the cross-entropy of the head's logits, one term per row,
-plugged into the one training loop; each evaluation adds accuracy and macro-F1 on the validation set and
-keeps the best model (by `--metric`) in OUT/best. The final model is a `*ForSequenceClassification`
-checkpoint with the label names in its config, written to OUT with the tokenizer.
+Each task (lmforge/train/tasks/) reads its data, builds its model, and defines its loss and metrics; this
+module does the rest alike for all: the data files (or the task's built-in data under OUT/data), seeded
+batches that resume exactly, LoRA, a validation score every `--eval-every` steps that keeps the best model
+(by `--metric`) in OUT/best, early stopping after `--patience` evaluations without improvement, and the
+final model in OUT with its validation metrics in OUT/metrics.json.
+
+With `--method lora` only the adapters and the task's new head train. Checkpoints then hold the adapter
+alone (PEFT layout); OUT and OUT/best hold the merged model, which every lmforge command and
+`transformers` open, and the adapter itself in OUT/adapter (and OUT/best/adapter), which `peft` opens.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.device import default_device, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import barrier, init_world, shutdown
 from lmforge.train.loop import TrainConfig, Trainer
+from lmforge.train.tasks import TASKS, get_task
 
-TASKS = ("classification",)
-BUILTIN_TASK = "stdlib-package"
-_DATA_SUFFIXES = (".csv", ".jsonl", ".json")
 _VALIDATION_NAMES = ("validation", "val", "dev")
+_RUN_FILES = ("optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 
 
 @dataclass
@@ -37,20 +41,40 @@ class FinetuneConfig(TrainConfig):
     lr: float = 5e-5  # peak learning rate (AdamW)
     warmup_steps: int = 30  # linear warmup steps
     weight_decay: float = 0.01  # AdamW weight decay (never on norms, biases, embeddings)
-    eval_every: int = 100  # evaluate on the validation set every N steps
+    eval_every: int = 100  # score the validation set every N steps
+    sample_tokens: int = 0  # unused by fine-tuning
     model: str = ""  # the pretrained checkpoint directory (lmforge or Hugging Face)
-    task: str = "classification"  # what to fine-tune for: classification
+    task: str = "classification"  # what to fine-tune for: classification, qa, seq2seq or instruct
     data: str | None = (
-        None  # a train file (CSV/JSONL) or a directory with train.* and validation.*; default: the built-in stdlib-package task
+        None  # a train file or a directory with train.* and validation.*; default: the task's built-in data
     )
     validation: str | None = (
-        None  # the validation file (default: validation.* next to the train file, else every 10th row)
+        None  # the validation file (default: validation.* next to the train file, else every 10th example)
     )
-    text_column: str = "text"  # the column holding the text
-    text_pair_column: str | None = None  # the column holding a second text (sentence pairs)
-    label_column: str = "label"  # the column holding the label
-    max_length: int = 128  # tokens per example, special tokens included (longer texts are cut)
-    metric: str = "accuracy"  # the validation metric that picks OUT/best: accuracy or macro_f1
+    method: str = "full"  # full (every weight trains) or lora (low-rank adapters and the new head only)
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: float = 16.0  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+    lora_targets: str | None = (
+        None  # comma-separated layer names to adapt (default: the task's, q_proj,v_proj)
+    )
+    metric: str | None = (
+        None  # the validation metric that picks OUT/best and drives --patience (default: the task's)
+    )
+    patience: int = 0  # stop after this many evaluations without a better --metric (0: never stop early)
+    max_eval_examples: int = (
+        0  # validation examples scored at each evaluation (0: all; the final score uses all)
+    )
+    max_length: int = 128  # tokens per example (the source, for seq2seq), special tokens included
+    text_column: str = "text"  # classification: the column holding the text
+    text_pair_column: str | None = None  # classification: the column holding a second text (sentence pairs)
+    label_column: str = "label"  # classification: the column holding the label
+    stride: int = 64  # qa: tokens shared by consecutive windows of a long context
+    max_answer_length: int = 30  # qa: the longest answer, in tokens
+    source_field: str = "source"  # seq2seq: the JSON field holding the input text
+    target_field: str = "target"  # seq2seq: the JSON field holding the output text
+    source_prefix: str = ""  # seq2seq: text put before every source, as T5 does ("summarize: ")
+    max_target_length: int = 64  # seq2seq: tokens per target, end-of-sequence included
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
     def __post_init__(self):
@@ -58,83 +82,66 @@ class FinetuneConfig(TrainConfig):
         if not self.model:
             raise LmforgeError("--model is required: the pretrained checkpoint directory to fine-tune")
         if self.task not in TASKS:
+            raise LmforgeError(f"unknown --task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        task = get_task(self.task)
+        self.metric = self.metric or task.metrics[0]
+        if self.metric not in task.metrics:
             raise LmforgeError(
-                f"finetune does not do task {self.task!r} yet; choose one of: {', '.join(TASKS)}"
+                f"--metric {self.metric!r} is not a {self.task} metric; choose one of: {', '.join(task.metrics)}"
             )
-        if self.metric not in ("accuracy", "macro_f1"):
-            raise LmforgeError(f"unknown --metric {self.metric!r}; choose accuracy or macro_f1")
+        if self.method not in ("full", "lora"):
+            raise LmforgeError(f"unknown --method {self.method!r}; choose full or lora")
+        if self.method == "lora" and self.fsdp:
+            raise LmforgeError("--method lora trains too few weights to shard; drop --fsdp (DDP is used)")
+        for name in ("patience", "max_eval_examples"):
+            if getattr(self, name) < 0:
+                raise LmforgeError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.max_length < 3:
             raise LmforgeError(f"--max-length must be at least 3, got {self.max_length}")
 
 
-def classification_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy of the logits, number of rows): the loop normalises over the global batch."""
-    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    return loss, torch.tensor(batch["labels"].numel(), device=logits.device)
-
-
-def data_files(config: FinetuneConfig, is_main: bool = True) -> tuple[Path, Path | None]:
-    """(train file, validation file or None): the given ones, or the built-in task under OUT/data."""
+def data_files(config: FinetuneConfig, task, is_main: bool = True) -> tuple[Path, Path | None]:
+    """(train file, validation file or None): the given ones, or the task's built-in data under OUT/data."""
     if config.data is None:
         from lmforge.data.tasks import write_task
 
+        if task.builtin is None:
+            raise LmforgeError(f"--task {task.name} has no built-in data; pass --data")
         out = Path(config.out) / "data"
         if is_main and not (out / "summary.json").is_file():
-            write_task(BUILTIN_TASK, out)
-        return out / "train.jsonl", out / "validation.jsonl"
+            write_task(task.builtin, out)
+        return out / _data_name(out, "train", task), out / _data_name(out, "validation", task)
     data = Path(config.data)
     if data.is_dir():
-        train = _find_file(data, ("train",))
+        train = _find_file(data, ("train",), task.suffixes)
         if train is None:
-            raise LmforgeError(f"{data} has no train.csv or train.jsonl; pass the training file as --data")
-        validation = _find_file(data, _VALIDATION_NAMES)
+            kinds = "/".join(s.lstrip(".") for s in task.suffixes)
+            raise LmforgeError(f"{data} has no train file ({kinds}); pass the training file as --data")
+        validation = _find_file(data, _VALIDATION_NAMES, task.suffixes)
     elif data.is_file():
         train, validation = data, None
     else:
-        raise LmforgeError(f"--data {data} does not exist; pass a CSV/JSONL file or a directory of them")
+        raise LmforgeError(f"--data {data} does not exist; pass a data file or a directory of them")
     if config.validation is not None:
         validation = Path(config.validation)
         if not validation.is_file():
-            raise LmforgeError(f"--validation {validation} does not exist; pass a CSV/JSONL file")
+            raise LmforgeError(f"--validation {validation} does not exist; pass a data file")
     return train, validation
 
 
-def _find_file(directory: Path, stems: tuple[str, ...]) -> Path | None:
+def _data_name(directory: Path, stem: str, task) -> str:
+    """The built-in data's file name: written by rank 0, so it may not exist yet on other processes."""
+    return next(
+        (f"{stem}{s}" for s in task.suffixes if (directory / f"{stem}{s}").is_file()), f"{stem}.jsonl"
+    )
+
+
+def _find_file(directory: Path, stems: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
     for stem in stems:
-        for suffix in _DATA_SUFFIXES:
+        for suffix in suffixes:
             if (directory / f"{stem}{suffix}").is_file():
                 return directory / f"{stem}{suffix}"
     return None
-
-
-def load_classifier(path: str, label_map):
-    """The checkpoint at `path` with a new head for `label_map` (kept as is if it already has those labels)."""
-    import lmforge
-    from lmforge.models import SequenceClassifier
-
-    model = lmforge.load_model(path)
-    if isinstance(model, SequenceClassifier):
-        if model.labels.id2label == label_map.id2label:
-            return model
-        model = model.base
-    if getattr(model, "is_encoder_decoder", False) or not hasattr(model, "embed"):
-        kind = getattr(model.config, "model_type", type(model).__name__)
-        raise LmforgeError(
-            f"{path} is a {kind} model, which cannot be fine-tuned for classification yet; "
-            "use a BERT, GPT-2 or Llama checkpoint"
-        )
-    return SequenceClassifier.from_base(model, id2label=label_map.id2label, label2id=label_map.label2id)
-
-
-def _with_pad_id(model, tok):
-    """A decoder classifier finds each row's last token by the pad id: give its config one."""
-    import dataclasses
-
-    if model.config.pad_token_id is None:
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        model.config = model.base.config = dataclasses.replace(model.config, pad_token_id=pad)
-    return model
 
 
 class RowBatches:
@@ -174,46 +181,99 @@ class RowBatches:
         return pad_batch(rows, self.pad_id)
 
 
-class ClassifierTrainer(Trainer):
-    """The loop, whose evaluations also report accuracy and macro-F1 and keep the best model in OUT/best."""
+class TaskTrainer(Trainer):
+    """The loop, whose evaluations also score the task's metrics, keep the best model in OUT/best and
+    stop early; with LoRA it saves adapters in checkpoints and the merged model for use."""
 
-    def __init__(self, *args, label_names: list[str], metric: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.label_names, self.metric = label_names, metric
-        best = self.out / "best" / "metrics.json"
-        self.best = json.loads(best.read_text())[metric] if self.config.resume and best.is_file() else None
+    def __init__(self, model, config: FinetuneConfig, *, task, validation: tuple[list, list], **kwargs):
+        self.task, self.lora = task, config.method == "lora"
+        self.validation = validation  # (examples, features)
+        super().__init__(model, config, loss_fn=task.loss, **kwargs)
+        self.metric, self.patience = config.metric, config.patience
+        saved = self.resumed_state.get("task", {})
+        self.best, self.evals_since_best = saved.get("best"), saved.get("evals_since_best", 0)
+
+    def load_model_weights(self, path: Path) -> None:
+        if not self.lora:
+            return super().load_model_weights(path)
+        from lmforge.hf.peft import load_adapter
+
+        load_adapter(self.raw_model, path)  # the adapters are in place: this loads their weights
+
+    def task_state(self) -> dict:
+        return {"task": {"best": self.best, "evals_since_best": self.evals_since_best}}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         row = super().evaluate()
-        if not self.eval_set:
-            return row
-        # Every process predicts the whole (small) validation set: the same numbers everywhere, FSDP included.
-        self.model.eval()
-        predicted, gold = [], []
-        for batch in self.eval_set:
-            batch = self._to_device(batch)
-            with self.autocast():
-                logits = self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            predicted += logits.argmax(-1).tolist()
-            gold += batch["labels"].tolist()
-        self.model.train()
-        metrics = validation_metrics(predicted, gold, self.label_names)
-        row.update({f"val_{k}": metrics[k] for k in ("accuracy", "macro_f1")})
-        if self.world.is_main and (self.best is None or metrics[self.metric] > self.best):
-            self.best = metrics[self.metric]
-            self._save_model(self.out / "best", None)
-            write_metrics(metrics, self.out / "best" / "metrics.json")
+        examples, features = self.validation
+        if self.config.max_eval_examples:
+            examples, features = _first(examples, features, self.config.max_eval_examples)
+        # Every process scores the whole (small) validation set: the same numbers everywhere, FSDP included.
+        metrics = {**self.task.score(self.raw_model, self.tokenizer, examples, features), **row}
+        row.update(
+            {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float) and k in self.task.metrics}
+        )
+        value = metrics[self.metric]
+        better = self.best is None or (
+            value < self.best if self.metric in self.task.lower_is_better else value > self.best
+        )
+        if better:
+            self.best, self.evals_since_best = value, 0
+            if self.world.is_main:
+                self.save_final_model(self.out / "best")
+                write_metrics(metrics, self.out / "best" / "metrics.json")
+        else:
+            self.evals_since_best += 1
+            if self.patience and self.evals_since_best >= self.patience:
+                self.stop_requested = True
+                print0(
+                    f"stopping early: {self.metric} has not improved on {self.best:.4f} "
+                    f"for {self.evals_since_best} evaluations (--patience {self.patience})"
+                )
         barrier(self.world)
         return row
 
+    def _save_model(self, directory: Path, state_dict: dict | None) -> None:
+        if not self.lora:
+            return super()._save_model(directory, state_dict)
+        from lmforge.hf.peft import save_adapter
 
-def validation_metrics(predicted: list[int], gold: list[int], label_names: list[str]) -> dict:
-    """Classification metrics (eval/metrics.py) over label names, for predicted and gold ids."""
-    from lmforge.eval.metrics import compute_metrics
+        save_adapter(self.raw_model, directory, base_model_name_or_path=self.config.model)
+        self.tokenizer.save_pretrained(directory)
 
-    names = [label_names[i] for i in predicted], [label_names[i] for i in gold]
-    return compute_metrics("classification", *names, labels=label_names)
+    def save_final_model(self, directory: Path) -> None:
+        """The model for use: as trained, or with LoRA merged (and the adapter in directory/adapter)."""
+        if not self.lora:
+            return self._save_model(directory, None)
+        from lmforge.nn.lora import merge_lora
+
+        self._save_model(directory / "adapter", None)
+        merged = merge_lora(copy.deepcopy(self.raw_model))
+        merged.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def export_model(self, latest: Path) -> None:
+        if not self.lora:
+            return super().export_model(latest)
+        # The last checkpoint's weights are the model's own now: merge them and keep the adapter.
+        adapter = self.out / "adapter"
+        shutil.rmtree(adapter, ignore_errors=True)
+        adapter.mkdir()
+        for f in latest.iterdir():
+            if f.name not in _RUN_FILES:
+                shutil.copyfile(f, adapter / f.name)
+        from lmforge.nn.lora import merge_lora
+
+        merge_lora(copy.deepcopy(self.raw_model)).save_pretrained(self.out)
+        self.tokenizer.save_pretrained(self.out)
+
+
+def _first(examples: list, features: list[dict], n: int) -> tuple[list, list[dict]]:
+    """The first n examples and their features (one each, or several windows each with `example_index`)."""
+    if len(features) == len(examples):
+        return examples[:n], features[:n]
+    return examples[:n], [f for f in features if f.get("example_index", 0) < n]
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
@@ -224,57 +284,54 @@ def write_metrics(metrics: dict, path: Path) -> None:
         raise LmforgeError(f"cannot write {path}: {e.strerror}; choose a writable directory") from None
 
 
-def _read_split(config: FinetuneConfig, path: Path):
-    from lmforge.data.tasks import read_classification
-
-    return read_classification(
-        path,
-        text_column=config.text_column,
-        text_pair_column=config.text_pair_column,
-        label_column=config.label_column,
-    )
-
-
-def _examples(config: FinetuneConfig, train_file: Path, validation_file: Path | None):
-    """(train examples, validation examples, label map); without a validation file every 10th row is held out."""
-    from lmforge.data.tasks import LabelMap
-
-    train = _read_split(config, train_file)
+def _examples(task, train_file: Path, validation_file: Path | None) -> tuple[list, list]:
+    train = task.read(train_file)
     if validation_file is None:
-        train, validation = [e for i, e in enumerate(train) if i % 10], train[::10]
-        if not train:
-            raise LmforgeError(
-                f"{train_file} has too few rows to hold out a validation set; pass --validation"
-            )
-    else:
-        validation = _read_split(config, validation_file)
-    return train, validation, LabelMap.from_examples(train)
+        return task.hold_out(train, train_file)
+    return train, task.read(validation_file)
+
+
+def _apply_lora(config: FinetuneConfig, task, model) -> None:
+    from lmforge.nn.lora import apply_lora
+
+    targets = [t.strip() for t in (config.lora_targets or task.lora_targets).split(",") if t.strip()]
+    trained = apply_lora(
+        model,
+        targets,
+        config.lora_r,
+        config.lora_alpha,
+        config.lora_dropout,
+        trainable=task.trainable_modules(model),
+    )
+    total = sum(p.numel() for p in model.parameters())
+    print0(f"LoRA on {', '.join(targets)}: {trained:,} of {total:,} parameters train ({trained / total:.2%})")
 
 
 def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune; returns the validation metrics of the final model (also in OUT/metrics.json)."""
-    from lmforge.data.tasks import encode_classification, pad_batch
+    from lmforge.data.tasks import pad_batch
     from lmforge.tokenizers import load_tokenizer
 
+    task = get_task(config.task)(config)
     world = init_world(torch.device(config.device) if config.device else default_device())
     try:
         if world.is_main:
             Path(config.out).mkdir(parents=True, exist_ok=True)
-        files = data_files(config, world.is_main)
+        files = data_files(config, task, world.is_main)
         barrier(world)  # rank 0 writes the built-in task's files
-        train, validation, label_map = _examples(config, *files)
+        train, validation = _examples(task, *files)
         tok = load_tokenizer(config.model)
         seed_everything(config.seed)
-        model = _with_pad_id(load_classifier(config.model, label_map), tok)
+        model = task.build_model(tok, train)
         pad_id = model.config.pad_token_id
-        encode = functools.partial(
-            encode_classification, tok, label_map=label_map, max_length=config.max_length
-        )
-        train_features, val_features = encode(train), encode(validation)
+        train_features = task.encode(tok, train, training=True)
+        val_features = task.encode(tok, validation, training=False)
         print0(
-            f"fine-tuning {config.model} ({model.num_params() / 1e6:.2f}M parameters) on {len(train):,} "
-            f"examples, {len(label_map)} labels ({', '.join(label_map.names)}); validating on {len(validation):,}"
+            f"fine-tuning {config.model} ({model.num_params() / 1e6:.2f}M parameters) for {config.task} on "
+            + task.describe(train, validation)
         )
+        if config.method == "lora":
+            _apply_lora(config, task, model)
         batches = RowBatches(
             train_features,
             pad_id,
@@ -284,102 +341,35 @@ def finetune(config: FinetuneConfig) -> dict:
             rank=world.rank,
             world_size=world.size,
         )
+        loss_features = task.encode(tok, validation, training=True)
         evals = [
-            pad_batch(val_features[i : i + config.batch_size], pad_id)
-            for i in range(0, len(val_features), config.batch_size)
+            pad_batch(loss_features[i : i + config.batch_size], pad_id)
+            for i in range(0, len(loss_features), config.batch_size)
         ]
         fingerprint = {
             "model": str(Path(config.model).resolve()),
-            "labels": label_map.names,
+            "task": config.task,
+            "method": config.method,
             "data": {"train": len(train), "validation": len(validation), "max_length": config.max_length},
+            **task.fingerprint(),
         }
-        trainer = ClassifierTrainer(
+        trainer = TaskTrainer(
             model,
             config,
+            task=task,
+            validation=(validation, val_features),
             train_batch=batches.batch,
             eval_batches=evals,
             world=world,
             tokenizer=tok,
-            loss_fn=classification_loss,
             fingerprint=fingerprint,
-            label_names=label_map.names,
-            metric=config.metric,
         )
         row = trainer.fit()
         if not row:
             return {}
-        predicted = predict(trainer.raw_model, val_features, pad_id, config.batch_size)
-        metrics = validation_metrics(predicted, [f["labels"] for f in val_features], label_map.names)
+        metrics = task.score(trainer.raw_model, tok, validation, val_features)
         if world.is_main:
             write_metrics(metrics, Path(config.out) / "metrics.json")
         return metrics
     finally:
         shutdown(world)
-
-
-@torch.no_grad()
-def predict(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> list[int]:
-    """The predicted label id of each feature row."""
-    from lmforge.data.tasks import pad_batch
-
-    model.eval()
-    predicted = []
-    for i in range(0, len(features), batch_size):
-        batch = {k: v.to(model.device) for k, v in pad_batch(features[i : i + batch_size], pad_id).items()}
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        predicted += logits.argmax(-1).tolist()
-    return predicted
-
-
-def load_trained_classifier(path: str, device=None):
-    """(classifier, tokenizer) of a fine-tuned checkpoint; anything else is a one-line error."""
-    import lmforge
-    from lmforge.models import SequenceClassifier
-
-    model = lmforge.load_model(path, device=device or default_device())
-    if not isinstance(model, SequenceClassifier):
-        raise LmforgeError(
-            f"{path} is not a sequence classifier ({type(model).__name__}); "
-            "fine-tune one first with `lmforge finetune --task classification`"
-        )
-    tok = lmforge.load_tokenizer(path)
-    return _with_pad_id(model, tok), tok
-
-
-def evaluate_classifier(
-    model_dir: str,
-    data: str,
-    *,
-    max_length: int = 512,
-    batch_size: int = 32,
-    text_column: str = "text",
-    label_column: str = "label",
-) -> dict:
-    """Classification metrics of a fine-tuned model on a labelled CSV/JSONL file."""
-    from lmforge.data.tasks import LabelMap, encode_classification, read_classification
-    from lmforge.eval.metrics import unknown_label_error
-
-    model, tok = load_trained_classifier(model_dir)
-    examples = read_classification(data, text_column=text_column, label_column=label_column)
-    names = [model.labels.id2label[i] for i in range(model.labels.num_labels)]
-    for e in examples:
-        if e.label not in names:
-            line = int(e.where.rsplit(":", 1)[-1]) if e.where.rsplit(":", 1)[-1].isdigit() else 0
-            raise unknown_label_error(e.label, line, names, data)
-    features = encode_classification(tok, examples, LabelMap(names), max_length=max_length)
-    predicted = predict(model, features, model.config.pad_token_id, batch_size)
-    return validation_metrics(predicted, [f["labels"] for f in features], names)
-
-
-def classify_texts(
-    model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
-) -> list[str]:
-    """The predicted label name of each text."""
-    model, tok = load_trained_classifier(model_dir)
-    features = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok.encode_inputs(texts[i : i + batch_size], max_length=max_length)
-        for j, mask in enumerate(enc["attention_mask"]):
-            n = sum(mask)
-            features.append({k: enc[k][j][:n] for k in ("input_ids", "token_type_ids", "attention_mask")})
-    return [model.labels.id2label[i] for i in predict(model, features, model.config.pad_token_id, batch_size)]

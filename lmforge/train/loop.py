@@ -75,7 +75,7 @@ def accumulate_gradients(
     Each micro-batch contributes sum(token losses) / (tokens in the global batch), times the world
     size because DDP averages gradients over processes.
     """
-    local = sum((b["labels"] != IGNORE_INDEX).sum() for b in micro_batches)
+    local = sum(_n_targets(b) for b in micro_batches)
     n_tokens = all_reduce_sum(torch.as_tensor(local, dtype=torch.float64), world)
     if n_tokens == 0:
         raise LmforgeError("a training batch has no tokens to predict; check the data")
@@ -86,6 +86,13 @@ def accumulate_gradients(
         (loss_sum * (world.size / n_tokens.item())).backward()
         total += loss_sum.detach().double().cpu()
     return all_reduce_sum(total, world) / n_tokens, n_tokens
+
+
+def _n_targets(batch: dict) -> torch.Tensor | int:
+    """The loss terms of a batch: its labelled tokens, or one per row for a task without `labels` (QA)."""
+    if "labels" in batch:
+        return (batch["labels"] != IGNORE_INDEX).sum()
+    return len(batch["input_ids"])
 
 
 class Trainer:
@@ -115,14 +122,14 @@ class Trainer:
         self.raw_model = model.to(world.device)
         dtype = resolve_dtype(config.precision, world.device)
         self.autocast = lambda: torch.autocast(world.device.type, dtype=dtype, enabled=dtype != torch.float32)
-        self.start_step = 0
+        self.start_step, self.stop_requested = 0, False  # a subclass may ask to stop (early stopping)
+        self.resumed_state: dict = {}  # the trainer_state.json resumed from, if any
         resume_from = self._check_out_dir()
         if resume_from is not None:
             state, optim_state, rng = ckpt.read_checkpoint(resume_from)
             self._check_fingerprint(state, resume_from)
-            from lmforge.hf.checkpoint import load_weights
-
-            load_weights(self.raw_model, resume_from)
+            self.load_model_weights(resume_from)
+            self.resumed_state = state
         self.model = wrap_model(self.raw_model, world, fsdp=config.fsdp)
         self.optimizer = make_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay)
         if resume_from is not None:
@@ -137,6 +144,16 @@ class Trainer:
             self.start_step = state["step"]
         if config.compile:
             self.model = torch.compile(self.model, dynamic=False)
+
+    def load_model_weights(self, path: Path) -> None:
+        """Load the model weights of the checkpoint at `path` (to resume)."""
+        from lmforge.hf.checkpoint import load_weights
+
+        load_weights(self.raw_model, path)
+
+    def task_state(self) -> dict:
+        """What a subclass keeps in trainer_state.json beside the step (read back as `resumed_state`)."""
+        return {}
 
     def _check_out_dir(self) -> Path | None:
         """The checkpoint to resume from, if any; refuses to overwrite another run's checkpoints."""
@@ -199,6 +216,7 @@ class Trainer:
             if (step + 1) % cfg.eval_every == 0 or done:
                 row.update(self.evaluate())
                 self._sample(bar, step + 1)
+                done = done or self.stop_requested
             if log:
                 log.log(row)
             bar.update(1)
@@ -222,13 +240,16 @@ class Trainer:
         from lmforge.train.metrics import read_metrics
         from lmforge.train.plot import write_loss_png
 
-        latest = ckpt.latest_checkpoint(self.out)
+        self.export_model(ckpt.latest_checkpoint(self.out))
+        write_loss_png(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")
+
+    def export_model(self, latest: Path) -> None:
+        """Copy the model files of the last checkpoint to OUT."""
         for f in latest.iterdir():
             if f.name not in ("optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
                 tmp = self.out / f".{f.name}.tmp"
                 shutil.copyfile(f, tmp)
                 os.replace(tmp, self.out / f.name)
-        write_loss_png(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")
 
     def _train_step(self, step: int) -> dict:
         cfg = self.config
@@ -329,6 +350,7 @@ class Trainer:
                 "fingerprint": self.fingerprint,
                 "config": asdict(self.config),
                 "data_position": {"step": step, "samples": step * self._global_batch()},
+                **self.task_state(),
             }
             ckpt.write_checkpoint(
                 self.out,

@@ -1,0 +1,201 @@
+"""`--task classification`: a pretrained encoder or decoder plus a new classification head, trained end
+to end on labelled text (Devlin et al. 2019, section 4.1); `evaluate` and `classify` with the result.
+
+Data: CSV or JSON Lines of text (and an optional text pair) and label (lmforge/data/tasks/classification.py),
+or the built-in `stdlib-package` task. The loss is the cross-entropy of the head's logits, one term per
+row; the metrics are accuracy and (macro) precision, recall and F1. The model is saved as a
+`*ForSequenceClassification` checkpoint with the label names in its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.device import default_device
+from lmforge.errors import LmforgeError
+from lmforge.train.tasks.base import FinetuneTask
+
+
+class ClassificationTask(FinetuneTask):
+    name = "classification"
+    builtin = "stdlib-package"
+    metrics = ("accuracy", "macro_f1", "val_loss")
+    lower_is_better = frozenset({"val_loss"})
+
+    def read(self, path: Path) -> list:
+        from lmforge.data.tasks import read_classification
+
+        c = self.config
+        return read_classification(
+            path, text_column=c.text_column, text_pair_column=c.text_pair_column, label_column=c.label_column
+        )
+
+    def build_model(self, tokenizer, train: list):
+        from lmforge.data.tasks import LabelMap
+
+        self.label_map = LabelMap.from_examples(train)
+        return with_pad_id(load_classifier(self.config.model, self.label_map), tokenizer)
+
+    def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
+        from lmforge.data.tasks import encode_classification
+
+        return encode_classification(
+            tokenizer, examples, label_map=self.label_map, max_length=self.config.max_length
+        )
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return classification_loss(model, batch)
+
+    def trainable_modules(self, model) -> list[str]:
+        heads = ["classifier"] if model.is_encoder else ["score"]
+        # A pooler the checkpoint did not have is new, so it trains too (as the head does).
+        if model.is_encoder and getattr(model, "new_pooler", False):
+            heads.append("base.pooler")
+        return heads
+
+    def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
+        predicted = predict(model, features, model.config.pad_token_id, self.config.batch_size)
+        return label_metrics(predicted, [f["labels"] for f in features], self.label_map.names)
+
+    def evaluate(self, data: Path) -> dict:
+        c = self.config
+        return evaluate_classifier(
+            c.model,
+            data,
+            max_length=c.max_length,
+            batch_size=c.batch_size,
+            text_column=c.text_column,
+            text_pair_column=c.text_pair_column,
+            label_column=c.label_column,
+        )
+
+    def fingerprint(self) -> dict:
+        return {"labels": self.label_map.names}
+
+    def describe(self, train: list, validation: list) -> str:
+        names = ", ".join(self.label_map.names)
+        return f"{len(train):,} examples, {len(self.label_map)} labels ({names}); validating on {len(validation):,}"
+
+
+def classification_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of the logits, number of rows): the loop normalises over the global batch."""
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    return loss, torch.tensor(batch["labels"].numel(), device=logits.device)
+
+
+def load_classifier(path: str, label_map):
+    """The checkpoint at `path` with a new head for `label_map` (kept as is if it already has those labels)."""
+    import lmforge
+    from lmforge.models import SequenceClassifier
+
+    model = lmforge.load_model(path)
+    if isinstance(model, SequenceClassifier):
+        if model.labels.id2label == label_map.id2label:
+            return model
+        model = model.base
+    if getattr(model, "is_encoder_decoder", False) or not hasattr(model, "embed"):
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise LmforgeError(
+            f"{path} is a {kind} model, which cannot be fine-tuned for classification; "
+            "use a BERT, GPT-2 or Llama checkpoint (T5 models take --task seq2seq)"
+        )
+    had_pooler = getattr(model, "pooler", None) is not None
+    classifier = SequenceClassifier.from_base(model, id2label=label_map.id2label, label2id=label_map.label2id)
+    classifier.new_pooler = classifier.is_encoder and not had_pooler
+    return classifier
+
+
+def with_pad_id(model, tok):
+    """A decoder classifier finds each row's last token by the pad id: give its config one."""
+    if model.config.pad_token_id is None:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        model.config = model.base.config = dataclasses.replace(model.config, pad_token_id=pad)
+    return model
+
+
+def label_metrics(predicted: list[int], gold: list[int], label_names: list[str]) -> dict:
+    """Classification metrics (eval/metrics.py) over label names, for predicted and gold ids."""
+    from lmforge.eval.metrics import compute_metrics
+
+    names = [label_names[i] for i in predicted], [label_names[i] for i in gold]
+    return compute_metrics("classification", *names, labels=label_names)
+
+
+@torch.no_grad()
+def predict(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> list[int]:
+    """The predicted label id of each feature row."""
+    from lmforge.data.tasks import pad_batch
+
+    was_training = model.training
+    model.eval()
+    predicted = []
+    device = next(model.parameters()).device
+    for i in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch(features[i : i + batch_size], pad_id).items()}
+        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        predicted += logits.argmax(-1).tolist()
+    model.train(was_training)
+    return predicted
+
+
+def load_trained_classifier(path: str, device=None):
+    """(classifier, tokenizer) of a fine-tuned checkpoint; anything else is a one-line error."""
+    import lmforge
+    from lmforge.models import SequenceClassifier
+
+    model = lmforge.load_model(path, device=device or default_device())
+    if not isinstance(model, SequenceClassifier):
+        raise LmforgeError(
+            f"{path} is not a sequence classifier ({type(model).__name__}); "
+            "fine-tune one first with `lmforge finetune --task classification`"
+        )
+    tok = lmforge.load_tokenizer(path)
+    return with_pad_id(model, tok), tok
+
+
+def evaluate_classifier(
+    model_dir: str,
+    data: str,
+    *,
+    max_length: int = 512,
+    batch_size: int = 32,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+) -> dict:
+    """Classification metrics of a fine-tuned model on a labelled CSV/JSONL file."""
+    from lmforge.data.tasks import LabelMap, encode_classification, read_classification
+    from lmforge.eval.metrics import unknown_label_error
+
+    model, tok = load_trained_classifier(model_dir)
+    examples = read_classification(
+        data, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column
+    )
+    names = [model.labels.id2label[i] for i in range(model.labels.num_labels)]
+    for e in examples:
+        if e.label not in names:
+            line = int(e.where.rsplit(":", 1)[-1]) if e.where.rsplit(":", 1)[-1].isdigit() else 0
+            raise unknown_label_error(e.label, line, names, data)
+    features = encode_classification(tok, examples, LabelMap(names), max_length=max_length)
+    predicted = predict(model, features, model.config.pad_token_id, batch_size)
+    return label_metrics(predicted, [f["labels"] for f in features], names)
+
+
+def classify_texts(
+    model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
+) -> list[str]:
+    """The predicted label name of each text."""
+    model, tok = load_trained_classifier(model_dir)
+    features = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok.encode_inputs(texts[i : i + batch_size], max_length=max_length)
+        for j, mask in enumerate(enc["attention_mask"]):
+            n = sum(mask)
+            features.append({k: enc[k][j][:n] for k in ("input_ids", "token_type_ids", "attention_mask")})
+    return [model.labels.id2label[i] for i in predict(model, features, model.config.pad_token_id, batch_size)]
