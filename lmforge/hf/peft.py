@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.hf.checkpoint import (
+    BASE,
     _load_pickle,
     _load_safetensors,
     load_model,
@@ -72,7 +73,12 @@ class _Names:
         is_gated = any(".gate_proj." in k for k in own)
         n_decoder_layers = getattr(config, "n_decoder_layers", None)
         names, fused = self.key_map.expand(config.n_layers, n_decoder_layers, is_gated=is_gated)
-        self.params = {ours: theirs for ours, theirs in names.items() if ours in own}
+        # A task model (lmforge/models/heads.py) keeps its base model's modules under `base.`.
+        self.params = {
+            (ours if ours in own else BASE + ours): theirs
+            for ours, theirs in names.items()
+            if ours in own or BASE + ours in own
+        }
         self.is_bare = self.key_map.is_bare_without_head and not any(
             v.startswith(self.key_map.heads) for v in self.params.values()
         )
@@ -269,12 +275,34 @@ def load_adapter(model, adapter_dir: str | Path):
         trainable=sorted(kept),
         use_rslora=config.get("use_rslora", False),
     )
-    for parts in fused:  # one A for the fused layer, as PEFT has it
+    _share_lora_a(model, fused)
+    load_lora_state_dict(model, state, source=str(adapter_dir))
+    return model
+
+
+def _share_lora_a(model, fused) -> None:
+    """One A for each fused layer's parts, as PEFT has a single adapter on the fused layer."""
+    for parts in fused:
         shared = model.get_submodule(parts[0]).lora_A
         for p in parts[1:]:
             model.get_submodule(p).lora_A = shared
-    load_lora_state_dict(model, state, source=str(adapter_dir))
-    return model
+
+
+def apply_lora_for_peft(
+    model, targets: list[str], r: int, alpha: float, dropout: float, *, trainable=()
+) -> list[str]:
+    """`apply_lora`, so that `save_adapter` can write the result: a target that is part of a fused Hugging
+    Face layer (GPT-2's q_proj, k_proj, v_proj in c_attn) adapts the whole layer, with one shared A.
+    Returns the targets used."""
+    names = _Names(model)
+    fused_parts = {part.rsplit(".", 1)[-1] for parts in names.fused.values() for part in parts}
+    is_fused = any(t in fused_parts for t in targets)
+    if is_fused:
+        targets = list(dict.fromkeys([*targets, *sorted(fused_parts)]))
+    apply_lora(model, targets, r, alpha, dropout, trainable=trainable)
+    if is_fused:
+        _share_lora_a(model, list(names.fused.values()))
+    return targets
 
 
 def merge_adapter(

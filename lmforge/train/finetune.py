@@ -292,10 +292,11 @@ def _examples(task, train_file: Path, validation_file: Path | None) -> tuple[lis
 
 
 def _apply_lora(config: FinetuneConfig, task, model) -> None:
-    from lmforge.nn.lora import apply_lora
+    from lmforge.hf.peft import apply_lora_for_peft
+    from lmforge.nn.lora import count_trainable
 
     targets = [t.strip() for t in (config.lora_targets or task.lora_targets).split(",") if t.strip()]
-    trained = apply_lora(
+    targets = apply_lora_for_peft(
         model,
         targets,
         config.lora_r,
@@ -303,7 +304,7 @@ def _apply_lora(config: FinetuneConfig, task, model) -> None:
         config.lora_dropout,
         trainable=task.trainable_modules(model),
     )
-    total = sum(p.numel() for p in model.parameters())
+    trained, total = count_trainable(model), sum(p.numel() for p in model.parameters())
     print0(f"LoRA on {', '.join(targets)}: {trained:,} of {total:,} parameters train ({trained / total:.2%})")
 
 
@@ -323,7 +324,10 @@ def finetune(config: FinetuneConfig) -> dict:
         tok = load_tokenizer(config.model)
         seed_everything(config.seed)
         model = task.build_model(tok, train)
-        pad_id = model.config.pad_token_id
+        pad_id = next(
+            (i for i in (model.config.pad_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None),
+            None,
+        )
         train_features = task.encode(tok, train, training=True)
         val_features = task.encode(tok, validation, training=False)
         print0(

@@ -14,6 +14,8 @@ Tasks:
   each package keeps as many functions as the smallest one has, those with the lowest hash of their name.
 - "stdlib-docstring", summarisation (seq2seq): code without docstring -> the first line of its docstring,
   for functions of SUMMARIZATION_PACKAGES whose first docstring line has at least MIN_SUMMARY_WORDS words.
+- "stdlib-instruct", instruction tuning (Alpaca JSON Lines): the stdlib-docstring pairs as
+  {"instruction": INSTRUCTION, "input": code, "output": first docstring line}, in the same splits.
 - "stdlib-qa", extractive QA in SQuAD v2.0 JSON: the context is a docstring (functions of
   SUMMARIZATION_PACKAGES), the question "What does Class.method return?"; the answer is X where the
   docstring says "Return(s) X" (to the end of that sentence or line), and docstrings that never mention
@@ -27,7 +29,7 @@ questions, 607 answerable (636/79/94).
 
 Baselines (`baseline_predictions`): the majority class of the training split (accuracy about 1/6 on a
 balanced test split); for summarisation the first line of the code (its `def` line); for QA the first
-line of the context. `write_task` writes the splits (JSON Lines; SQuAD JSON for QA) and summary.json.
+line of the context; for instruct, the first line of the input. `write_task` writes the splits (JSON Lines; SQuAD JSON for QA) and summary.json.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 
-TASKS = ("stdlib-package", "stdlib-docstring", "stdlib-qa")
+TASKS = ("stdlib-package", "stdlib-docstring", "stdlib-qa", "stdlib-instruct")
+INSTRUCTION = "Summarize this Python function in one line."
 CLASSIFICATION_PACKAGES = ("asyncio", "email", "multiprocessing", "tkinter", "unittest", "xml")
 SUMMARIZATION_PACKAGES = (
     *CLASSIFICATION_PACKAGES,
@@ -180,6 +183,12 @@ def build_task(task: str) -> dict[str, list[dict[str, str]]]:
         rows = [{"name": f.name, "source": f.code, "target": s} for f, s in pairs if s is not None]
     elif task == "stdlib-qa":
         rows = _qa_rows(stdlib_functions(SUMMARIZATION_PACKAGES))
+    elif task == "stdlib-instruct":
+        rows = [
+            {"name": r["name"], "instruction": INSTRUCTION, "input": r["source"], "output": r["target"]}
+            for split in build_task("stdlib-docstring").values()
+            for r in split
+        ]
     else:
         raise LmforgeError(f"unknown built-in task {task!r}; choose one of {', '.join(TASKS)}")
     splits: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
@@ -235,6 +244,8 @@ def baseline_predictions(
         return [majority] * len(examples)
     if task == "stdlib-docstring":
         return [row["source"].strip().splitlines()[0].strip() for row in examples]
+    if task == "stdlib-instruct":
+        return [row["input"].strip().splitlines()[0].strip() for row in examples]
     if task == "stdlib-qa":
         return [row["context"].strip().splitlines()[0].strip() for row in examples]
     raise LmforgeError(f"unknown built-in task {task!r}; choose one of {', '.join(TASKS)}")

@@ -10,6 +10,9 @@ from lmforge.errors import LmforgeError
 # --task name -> "module:class", imported only when the task is used
 TASKS = {
     "classification": "lmforge.train.tasks.classification:ClassificationTask",
+    "instruct": "lmforge.train.tasks.instruct:InstructTask",
+    "qa": "lmforge.train.tasks.qa:QATask",
+    "seq2seq": "lmforge.train.tasks.seq2seq:Seq2SeqTask",
 }
 
 

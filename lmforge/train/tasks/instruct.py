@@ -1,0 +1,126 @@
+"""`--task instruct`: instruction tuning of a decoder (GPT-2, Llama) on Alpaca or chat JSON Lines, with
+the loss on the assistant's replies only (Ouyang et al. 2022; lmforge/data/tasks/instruct.py).
+
+Each conversation is rendered with the tokenizer's chat template (the default one is stored on the
+tokenizer when it has none, and saved with the model); prompt tokens are labelled IGNORE_INDEX, so the
+causal loss counts reply tokens alone. The validation score generates greedily from each conversation's
+prompt (everything before its last reply) and compares the text with that reply: ROUGE-1/2/L and BLEU
+(eval/metrics.py). The built-in data is `stdlib-instruct`: summarise a standard-library function in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
+from lmforge.train.tasks.base import FinetuneTask
+
+
+class InstructTask(FinetuneTask):
+    name = "instruct"
+    builtin = "stdlib-instruct"
+    metrics = ("val_loss", "rougeL", "rouge1", "rouge2", "bleu")
+    lower_is_better = frozenset({"val_loss"})
+    suffixes = (".jsonl", ".json")
+
+    def read(self, path: Path) -> list:
+        from lmforge.data.tasks import read_instructions
+
+        return read_instructions(path)
+
+    def build_model(self, tokenizer, train: list):
+        from lmforge.data.tasks import ensure_chat_template
+
+        ensure_chat_template(tokenizer)  # saved with every checkpoint, so the model keeps its format
+        return _decoder(self.config.model)
+
+    def load_trained(self, tokenizer):
+        from lmforge.data.tasks import ensure_chat_template
+
+        ensure_chat_template(tokenizer)
+        return _decoder(self.config.model)
+
+    def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
+        """Rows of next-token targets: input_ids[:-1] predict labels[1:] (prompt positions ignored)."""
+        from lmforge.data.tasks import encode_instructions
+
+        rows = encode_instructions(tokenizer, examples, max_length=self.config.max_length + 1)
+        return [
+            {
+                "input_ids": r["input_ids"][:-1],
+                "attention_mask": r["attention_mask"][:-1],
+                "labels": r["labels"][1:],
+            }
+            for r in rows
+            if any(label != IGNORE_INDEX for label in r["labels"][1:])
+        ]
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return causal_lm_loss(model, batch)
+
+    def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
+        from lmforge.eval.metrics import compute_metrics
+
+        prompts, references = zip(*(prompt_and_reply(tokenizer, e) for e in examples))
+        replies = complete(model, tokenizer, prompts, self.config)
+        return compute_metrics("seq2seq", replies, list(references))
+
+    def describe(self, train: list, validation: list) -> str:
+        return f"{len(train):,} conversations (loss on the replies only); validating on {len(validation):,}"
+
+
+def _decoder(path: str):
+    import lmforge
+
+    model = lmforge.load_model(path)
+    kind = getattr(model.config, "model_type", type(model).__name__)
+    if kind not in ("gpt2", "llama") or getattr(model, "lm_head", None) is None:
+        raise LmforgeError(
+            f"{path} is a {kind} model, which cannot be instruction-tuned; use a GPT-2 or Llama "
+            "checkpoint (T5 models take --task seq2seq)"
+        )
+    return model
+
+
+def prompt_and_reply(tokenizer, conversation) -> tuple[list[int], str]:
+    """(prompt ids: the conversation up to its last reply, with the generation prompt; that reply's text)."""
+    from lmforge.data.tasks import render_chat
+
+    messages = list(conversation.messages)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = render_chat(tokenizer, messages[:last], add_generation_prompt=True)
+    return tokenizer.encode(prompt, add_special_tokens=False, allow_special=True), messages[last]["content"]
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts: Sequence[list[int]], config) -> list[str]:
+    """Greedy replies to prompt ids (batched; each prompt keeps its last tokens when it is too long)."""
+    from lmforge.inference.generate import GenerationConfig, generate_ids
+
+    eos = {tokenizer.eos_token_id}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    new = config.max_target_length
+    room = model.config.max_seq_len - new
+    if room < 1:
+        raise LmforgeError(
+            f"--max-target-length {new} leaves no room for a prompt in the model's {model.config.max_seq_len} "
+            "tokens; pass a smaller --max-target-length"
+        )
+    was_training = model.training
+    model.eval()
+    replies = []
+    generation = GenerationConfig(max_new_tokens=new, temperature=0.0)
+    for i in range(0, len(prompts), config.batch_size):
+        batch = [p[-room:] for p in prompts[i : i + config.batch_size]]
+        rows: list[list[int]] = [[] for _ in batch]
+        for step in generate_ids(model, batch, generation, eos_token_ids=eos, pad_token_id=pad):
+            for row, token in enumerate(step):
+                if token is not None and token not in eos:
+                    rows[row].append(token)
+        replies += [tokenizer.decode(r).strip() for r in rows]
+    model.train(was_training)
+    return replies
