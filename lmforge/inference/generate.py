@@ -9,6 +9,7 @@ work on exactly the text the caller would get in one piece.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -193,7 +194,14 @@ def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def generate(
-    model, tok, prompt: str | list[str], config: GenerationConfig | None = None, *, stream=False, **overrides
+    model,
+    tok,
+    prompt: str | list[str],
+    config: GenerationConfig | None = None,
+    *,
+    stream=False,
+    timings: dict | None = None,
+    **overrides,
 ):
     """The text generated after `prompt` (the prompt itself excluded), or a list for a list of prompts.
 
@@ -201,6 +209,7 @@ def generate(
     Generation of a row ends at EOS, after max_new_tokens, or before its first stop string (never
     included). With stream=True (one prompt) it returns an iterator of text pieces instead, which
     never split a character, hold back text that may start a stop string, and join to the same text.
+    A `timings` dict, if given, receives the speed once generation ends (see `_timed`).
     """
     config = _with_overrides(config, overrides)
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -217,6 +226,8 @@ def generate(
     steps = generate_ids(
         model, prompts, config, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, ended_rows=ended_rows
     )
+    if timings is not None:
+        steps = _timed(steps, timings)
     pieces = _text_pieces(tok, steps, len(prompts), config.stop, eos_token_ids, ended_rows)
     if stream:
         return (piece for _, piece in pieces)
@@ -225,6 +236,21 @@ def generate(
         outputs[row].append(piece)
     texts = ["".join(row_pieces) for row_pieces in outputs]
     return texts[0] if isinstance(prompt, str) else texts
+
+
+def _timed(steps: Iterator[list[int | None]], timings: dict) -> Iterator[list[int | None]]:
+    """The steps, unchanged; at the end `timings` holds new_tokens (all rows), ttft_s (prefill and the
+    first token), total_s, and decode_tokens_per_s (the tokens after the first step over the time
+    after it; None with a single step)."""
+    start, first, n_first, n_tokens = time.perf_counter(), None, 0, 0
+    for step in steps:
+        n_tokens += sum(token is not None for token in step)
+        if first is None:
+            first, n_first = time.perf_counter() - start, n_tokens
+        yield step
+    total = time.perf_counter() - start
+    decode = (n_tokens - n_first) / (total - first) if first is not None and total > first else None
+    timings.update(new_tokens=n_tokens, ttft_s=first, total_s=total, decode_tokens_per_s=decode)
 
 
 def _text_pieces(tok, steps, n_rows, stops, eos_token_ids, ended_rows) -> Iterator[tuple[int, str]]:

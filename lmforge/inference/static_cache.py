@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from lmforge.nn import causal_mask, decoder_mask, decoder_positions
+from lmforge.nn import decoder_positions
 
 COMPILE_BACKEND = "inductor"  # the torch.compile backend of the decode step
 
@@ -23,8 +23,10 @@ COMPILE_BACKEND = "inductor"  # the torch.compile backend of the decode step
 class StaticKVCache:
     """Keys and values of every layer in (B, n_kv_heads, max_len, d_head) buffers, written at `slots`.
 
-    It serves the model like `KVCache`, but the model is always given position ids and a full 4-D
-    mask with it: `length` stays 0 and `advance` does nothing, as the positions live in tensors.
+    It serves the model like `KVCache`, but after the prefill the model is always given position
+    ids and a full 4-D mask with it: `length` stays 0 and `advance` does nothing, as the positions
+    live in tensors. `update` returns the first `visible` slots: the prompt's during the prefill (so
+    it attends to them alone, as with no cache), all max_len of them when decoding.
     """
 
     length = 0
@@ -35,14 +37,14 @@ class StaticKVCache:
         params = {"dtype": model.dtype, "device": model.device}
         self.keys = [torch.zeros(shape, **params) for _ in model.blocks]
         self.values = [torch.zeros(shape, **params) for _ in model.blocks]
-        self.max_len = max_len
+        self.max_len = self.visible = max_len
         self.slots = torch.zeros(1, dtype=torch.long, device=model.device)  # of the tokens being fed
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_heads, T, d_head) at `slots` (T,); return the whole buffers."""
+        """Store k, v (B, n_kv_heads, T, d_head) at `slots` (T,); return the visible slots."""
         self.keys[layer].index_copy_(2, self.slots, k)
         self.values[layer].index_copy_(2, self.slots, v)
-        return self.keys[layer], self.values[layer]
+        return self.keys[layer][:, :, : self.visible], self.values[layer][:, :, : self.visible]
 
     def advance(self, n: int) -> None:
         pass
@@ -51,8 +53,8 @@ class StaticKVCache:
 class StaticDecoder:
     """Prefill once (eager), then decode one token per row per step on a StaticKVCache.
 
-    `step` is `decode_step`, compiled when `use_compile` (falling back to eager, with one warning, if
-    compilation fails or torch.compile is unavailable).
+    `step` runs `decode_step`, compiled when `use_compile` (falling back to eager, with one warning,
+    if compilation fails or torch.compile is unavailable).
     """
 
     def __init__(self, model, batch_size: int, max_len: int, *, use_compile: bool = False):
@@ -60,33 +62,42 @@ class StaticDecoder:
         self.cache = StaticKVCache(model, batch_size, max_len)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=model.device)
         self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=model.device)
-        self._step = compiled_decode_step() if use_compile else decode_step
+        self._compiled = _try(compiled_decode_step) if use_compile else None
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Float logits (B, V) of the token after each prompt: ids (B, T), left-padded where mask
         (B, T) has 0, or mask None without padding."""
-        B, T = ids.shape
-        positions = decoder_positions(mask, T, 0, ids.device).expand(B, T)
-        self_mask, _ = decoder_mask(mask, T, 0, ids.device)
-        full = torch.zeros(B, 1, T, self.cache.max_len, dtype=torch.bool, device=ids.device)
-        full[..., :T] = causal_mask(T, 0, ids.device) if self_mask is None else self_mask
-        self.cache.slots = torch.arange(T, device=ids.device)
-        x = self.model.hidden(ids, attention_mask=full, position_ids=positions, cache=self.cache)
-        self.valid[:, :T] = True if mask is None else mask.bool()
-        self.positions.copy_(positions[:, -1:] + 1)
+        T = ids.shape[1]
+        # The prompt fills slots 0..T-1 and attends to them alone: the model's own masks and
+        # positions apply, exactly as without a cache.
+        self.cache.slots, self.cache.visible = torch.arange(T, device=ids.device), T
+        x = self.model.hidden(ids, attention_mask=mask, cache=self.cache)
         self.cache.slots = torch.full((1,), T, dtype=torch.long, device=ids.device)
+        self.cache.visible = self.cache.max_len
+        self.valid[:, :T] = True if mask is None else mask.bool()
+        self.positions.copy_(decoder_positions(mask, T, 0, ids.device)[:, -1:] + 1)
         return self.model.lm_head(x[:, -1]).float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Float logits (B, V) of the token after `tokens` (B,), the last one of each row."""
-        try:
-            return self._step(self.model, self.cache, tokens[:, None], self.positions, self.valid)
-        except Exception as error:  # noqa: BLE001: any compiler failure falls back to eager
-            if self._step is decode_step:
-                raise
-            warnings.warn(f"torch.compile of the decode step failed, decoding eagerly: {error}", stacklevel=2)
-            self._step = decode_step
-            return self.step(tokens)
+        args = (self.model, self.cache, tokens[:, None], self.positions, self.valid)
+        if self._compiled is not None:
+            logits = _try(lambda: self._compiled(*args))
+            if logits is not None:
+                return logits
+            self._compiled = None  # compilation fails before the step runs: nothing has moved yet
+        return decode_step(*args)
+
+
+def _try(compile_or_run):
+    """Its result, or None with one warning where torch.compile fails (no C++ compiler, an operation
+    it cannot compile, no torch.compile on this platform)."""
+    try:
+        return compile_or_run()
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(f"torch.compile of the decode step failed ({message}); decoding eagerly", stacklevel=3)
+        return None
 
 
 def decode_step(model, cache: StaticKVCache, ids, positions, valid) -> torch.Tensor:
