@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 
 from lmforge import config as cfg
@@ -42,21 +41,19 @@ def cmd_generate(args) -> None:
     device = args.device or default_device()
     model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
     tok = lmforge.load_tokenizer(args.model)
-    start, n_tokens = time.perf_counter(), 0
+    timings: dict = {}
     if args.stream:
-        for piece in lmforge.generate(model, tok, prompt, gen, stream=True):
+        for piece in lmforge.generate(model, tok, prompt, gen, stream=True, timings=timings):
             print(piece, end="", flush=True)
         print()
     else:
-        text = lmforge.generate(model, tok, prompt, gen)
-        print(text)
-        n_tokens = len(tok.encode(text, add_special_tokens=False))
+        print(lmforge.generate(model, tok, prompt, gen, timings=timings))
     if args.bench:
-        elapsed = time.perf_counter() - start
-        n_tokens = n_tokens or gen.max_new_tokens
+        ttft, rate = timings.get("ttft_s"), timings.get("decode_tokens_per_s")
         print(
-            f"[bench] {n_tokens} tokens in {elapsed:.2f} s: {n_tokens / elapsed:.1f} tokens/s "
-            f"({model.dtype}, {device})",
+            f"[bench] {timings.get('new_tokens', 0)} new tokens in {timings.get('total_s', 0.0):.2f} s: "
+            f"time to first token {'-' if ttft is None else f'{ttft * 1000:.0f} ms'}, "
+            f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s ({model.dtype}, {device})",
             file=sys.stderr,
         )
 
@@ -212,6 +209,32 @@ def cmd_classify(args) -> None:
         print(label)
 
 
+def cmd_answer(args) -> None:
+    from lmforge.data.tasks import SquadExample
+    from lmforge.train.tasks.qa import answer_questions, read_questions
+
+    if (args.input is None) == (args.question is None):
+        raise LmforgeError("pass either --input FILE or --question with --context-file")
+    if args.question is not None:
+        if args.context_file is None:
+            raise LmforgeError("--question needs --context-file: the text to find the answer in")
+        context = "\n".join(_read_texts(args.context_file, "context"))
+        examples = [SquadExample("question", args.question.lstrip(), context, ())]
+    else:
+        examples = read_questions(args.input)
+    answers = answer_questions(
+        args.model,
+        examples,
+        max_length=args.max_length,
+        stride=args.stride,
+        max_answer_length=args.max_answer_length,
+        batch_size=args.batch_size,
+        always_answer=args.always_answer,
+    )
+    for answer in answers:
+        print(" ".join(answer.split()))  # one line each, even for a span across lines
+
+
 def cmd_merge_lora(args) -> None:
     from lmforge.device import resolve_dtype
     from lmforge.hf.peft import merge_adapter
@@ -327,6 +350,33 @@ def _add_finetune_verbs(verbs) -> None:
     p.add_argument("--max-length", type=int, default=512, help="tokens per text (default: 512)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     p.set_defaults(func=cmd_classify)
+
+    p = verbs.add_parser(
+        "answer",
+        help="print the answer to each question, a span of its context (an empty line: no answer)",
+    )
+    p.add_argument("--model", required=True, help="a fine-tuned question-answering checkpoint directory")
+    p.add_argument(
+        "--input",
+        help='JSON Lines of {"question": ..., "context": ...}, or a SQuAD JSON file; one answer line each, '
+        "its whitespace collapsed to single spaces",
+    )
+    p.add_argument("--question", help="one question (with --context-file) instead of --input")
+    p.add_argument("--context-file", help="a UTF-8 text file: the context of --question")
+    p.add_argument("--max-length", type=int, default=384, help="tokens per window (default: 384)")
+    p.add_argument(
+        "--stride", type=int, default=128, help="tokens shared by consecutive windows (default: 128)"
+    )
+    p.add_argument(
+        "--max-answer-length", type=int, default=30, help="the longest answer, in tokens (default: 30)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
+    p.add_argument(
+        "--always-answer",
+        action="store_true",
+        help="always print the best span (SQuAD v1.1), never an empty line for 'no answer' (SQuAD v2.0)",
+    )
+    p.set_defaults(func=cmd_answer)
 
 
 def _add_encoder_flags(p: argparse.ArgumentParser) -> None:

@@ -211,9 +211,8 @@ class TaskTrainer(Trainer):
             examples, features = _first(examples, features, self.config.max_eval_examples)
         # Every process scores the whole (small) validation set: the same numbers everywhere, FSDP included.
         metrics = {**self.task.score(self.raw_model, self.tokenizer, examples, features), **row}
-        row.update(
-            {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float) and k in self.task.metrics}
-        )
+        scored = {k: v for k, v in metrics.items() if k in self.task.metrics and not k.startswith("val_")}
+        row.update({f"val_{k}": v for k, v in scored.items() if isinstance(v, float)})
         value = metrics[self.metric]
         better = self.best is None or (
             value < self.best if self.metric in self.task.lower_is_better else value > self.best

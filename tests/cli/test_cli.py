@@ -96,7 +96,7 @@ def test_generate_with_a_seed_is_reproducible_and_reads_the_prompt_from_stdin(ch
 
 def test_generate_bench_reports_speed(checkpoint):
     r = lmforge("generate", "--model", checkpoint, "--prompt", "a", "--max-new-tokens", "8", "--bench")
-    assert r.returncode == 0 and "tokens/s" in r.stderr
+    assert r.returncode == 0 and "tokens/s" in r.stderr and "time to first token" in r.stderr
 
 
 def test_missing_checkpoint(tmp_path):

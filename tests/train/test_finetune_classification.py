@@ -144,7 +144,7 @@ def _one_line_error(result, *needles):
 
 def test_bad_inputs_exit_2_with_one_line(setup, trained):
     root, base, data = setup
-    _one_line_error(_lmforge("finetune", "--task", "qa", "--model", base, "--out", root / "x"), "qa")
+    _one_line_error(_lmforge("finetune", "--task", "ner", "--model", base, "--out", root / "x"), "'ner'")
     no_label = root / "nolabel.csv"
     _write_csv(no_label, _rows(3, seed=4), columns=("text",))
     run = ("finetune", "--model", base, "--out", root / "y", "--no-progress")
