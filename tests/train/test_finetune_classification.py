@@ -5,11 +5,10 @@ import csv
 import json
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmforge_cli import assert_one_line_error, run_lmforge
 from safetensors.torch import load_file
 
 import lmforge
@@ -65,16 +64,6 @@ def setup(tmp_path_factory):
     return root, base, data
 
 
-def _lmforge(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lmforge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 # 150 steps at 1e-3 reach accuracy 1.0 from each of 12 random inits tried (60 steps at 2e-3 failed 2 of 5)
 TRAIN_FLAGS = ("--max-steps", 150, "--batch-size", 16, "--lr", 1e-3, "--warmup-steps", 4, "--eval-every", 50)
 TRAIN_FLAGS += ("--max-length", 32, "--no-progress", "--device", "cpu", "--seed", 0)
@@ -84,7 +73,7 @@ TRAIN_FLAGS += ("--max-length", 32, "--no-progress", "--device", "cpu", "--seed"
 def trained(setup):
     root, base, data = setup
     out = root / "run"
-    result = _lmforge(
+    result = run_lmforge(
         "finetune", "--task", "classification", "--model", base, "--data", data, "--out", out, *TRAIN_FLAGS
     )
     assert result.returncode == 0, result.stderr
@@ -114,7 +103,7 @@ def test_output_reopens_as_classifier_with_labels(trained, setup):
 def test_evaluate_and_classify(trained, setup):
     out, _ = trained
     root, _, data = setup
-    result = _lmforge(
+    result = run_lmforge(
         "evaluate",
         "--model",
         out,
@@ -129,37 +118,35 @@ def test_evaluate_and_classify(trained, setup):
     assert json.loads((root / "eval.json").read_text()) == json.loads((out / "metrics.json").read_text())
     lines = root / "lines.txt"
     lines.write_text("the rocket was in orbit of the planet\nthe referee was at the stadium for the match\n")
-    result = _lmforge("classify", "--model", out, "--input", lines)
+    result = run_lmforge("classify", "--model", out, "--input", lines)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["space", "sport"]
 
 
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-
-
 def test_bad_inputs_exit_2_with_one_line(setup, trained):
     root, base, data = setup
-    _one_line_error(_lmforge("finetune", "--task", "ner", "--model", base, "--out", root / "x"), "'ner'")
+    assert_one_line_error(
+        run_lmforge("finetune", "--task", "ner", "--model", base, "--out", root / "x"), "'ner'"
+    )
     no_label = root / "nolabel.csv"
     _write_csv(no_label, _rows(3, seed=4), columns=("text",))
     run = ("finetune", "--model", base, "--out", root / "y", "--no-progress")
-    _one_line_error(_lmforge(*run, "--data", no_label), "'label'", "--label-column")
+    assert_one_line_error(run_lmforge(*run, "--data", no_label), "'label'", "--label-column")
     empty = root / "empty.csv"
     empty.write_text("text,label\n")
-    _one_line_error(_lmforge(*run, "--data", empty), "no examples")
+    assert_one_line_error(run_lmforge(*run, "--data", empty), "no examples")
     unknown = root / "unknown.csv"
     _write_csv(unknown, [{"text": "orbit", "label": "space"}, {"text": "a b", "label": "weather"}])
-    _one_line_error(_lmforge("evaluate", "--model", trained[0], "--data", unknown), "'weather'", "line 3")
-    _one_line_error(_lmforge("classify", "--model", base, "--input", unknown), "not a sequence classifier")
+    assert_one_line_error(
+        run_lmforge("evaluate", "--model", trained[0], "--data", unknown), "'weather'", "line 3"
+    )
+    assert_one_line_error(
+        run_lmforge("classify", "--model", base, "--input", unknown), "not a sequence classifier"
+    )
     t5 = root / "t5"
     build_model(get_preset("t5-tiny", vocab_size=128)).save_pretrained(t5)
     lmforge.load_tokenizer(base).save_pretrained(t5)
-    _one_line_error(_lmforge(*run, "--data", data, "--model", t5), "t5", "classification")
+    assert_one_line_error(run_lmforge(*run, "--data", data, "--model", t5), "t5", "classification")
 
 
 def test_resume_from_a_checkpoint_is_bitwise_identical(setup):
@@ -168,10 +155,10 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(setup):
     flags = ("--model", base, "--data", data, "--max-steps", 20, "--save-every", 10, "--eval-every", 10)
     flags += ("--batch-size", 8, "--lr", 2e-3, "--max-length", 32, "--no-progress", "--device", "cpu")
     straight, crashed = root / "straight", root / "crashed"
-    assert _lmforge("finetune", *flags, "--out", straight).returncode == 0
+    assert run_lmforge("finetune", *flags, "--out", straight).returncode == 0
     (crashed / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints" / "step-00000010", crashed / "checkpoints" / "step-00000010")
-    resumed = _lmforge("finetune", *flags, "--out", crashed, "--resume")
+    resumed = run_lmforge("finetune", *flags, "--out", crashed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

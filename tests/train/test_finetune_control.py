@@ -4,11 +4,10 @@ checkpoint the adapter alone and resume from it bit for bit."""
 import json
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmforge_cli import run_lmforge
 from safetensors.torch import load_file
 
 from lmforge.models import build_model, get_preset
@@ -39,8 +38,7 @@ def setup(tmp_path_factory):
 
 
 def _finetune(*args):
-    cmd = [sys.executable, "-m", "lmforge", "finetune", "--no-progress", "--device", "cpu", *map(str, args)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_lmforge("finetune", "--no-progress", "--device", "cpu", *args)
     assert result.returncode == 0, result.stderr
     return result
 

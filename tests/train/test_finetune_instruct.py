@@ -3,11 +3,10 @@ instructions (a real subprocess on a small Alpaca file); evaluate, LoRA and bad 
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmforge_cli import assert_one_line_error, run_lmforge
 
 import lmforge
 from lmforge.data.tasks import Conversation, encode_conversation, ensure_chat_template
@@ -84,12 +83,6 @@ def test_the_loss_ignores_prompt_tokens(setup):
     torch.testing.assert_close(loss, expected)
 
 
-def _lmforge(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lmforge", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
-
-
 FLAGS = ("--max-steps", 80, "--batch-size", 16, "--lr", 3e-3, "--warmup-steps", 5, "--eval-every", 40)
 FLAGS += (
     "--max-length",
@@ -108,7 +101,9 @@ FLAGS += (
 def trained(setup):
     root, base, data = setup
     out = root / "run"
-    result = _lmforge("finetune", "--task", "instruct", "--model", base, "--data", data, "--out", out, *FLAGS)
+    result = run_lmforge(
+        "finetune", "--task", "instruct", "--model", base, "--data", data, "--out", out, *FLAGS
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -123,7 +118,7 @@ def test_instruction_tuning_beats_copying_the_input(trained):
 
 def test_evaluate_reproduces_the_validation_metrics(trained, setup):
     root, _, data = setup
-    result = _lmforge(
+    result = run_lmforge(
         "evaluate", "--task", "instruct", "--model", trained, "--data", data / "validation.jsonl",
         "--max-target-length", 8, "--out", root / "eval.json",
     )  # fmt: skip
@@ -147,7 +142,7 @@ def test_lora_trains_fused_gpt2_attention_and_saves_a_peft_adapter(setup):
         4,
     )
     flags += ("--max-eval-examples", 4)
-    result = _lmforge(
+    result = run_lmforge(
         "finetune", "--task", "instruct", "--model", base, "--data", data, "--out", out, "--method", "lora",
         "--lora-targets", "q_proj,v_proj", "--no-progress", "--device", "cpu", *flags,
     )  # fmt: skip
@@ -159,28 +154,24 @@ def test_lora_trains_fused_gpt2_attention_and_saves_a_peft_adapter(setup):
     assert merged.config.model_type == "gpt2"
 
 
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-
-
 def test_bad_inputs_exit_2_with_one_line(setup):
     root, base, data = setup
     run = ("finetune", "--task", "instruct", "--model", base, "--no-progress")
     empty = root / "empty.jsonl"
     empty.write_text("")
-    _one_line_error(_lmforge(*run, "--data", empty, "--out", root / "e"), "no examples")
+    assert_one_line_error(run_lmforge(*run, "--data", empty, "--out", root / "e"), "no examples")
     no_reply = root / "noreply.jsonl"
     _write_jsonl(no_reply, [{"messages": [{"role": "user", "content": "hi"}]}])
-    _one_line_error(
-        _lmforge(*run, "--data", no_reply, "--validation", no_reply, "--out", root / "n"),
+    assert_one_line_error(
+        run_lmforge(*run, "--data", no_reply, "--validation", no_reply, "--out", root / "n"),
         "no assistant message",
     )
     bert = root / "bert"
     build_model(get_preset("bert-tiny", vocab_size=300)).save_pretrained(bert)
     lmforge.load_tokenizer(base).save_pretrained(bert)
-    _one_line_error(_lmforge(*run, "--model", bert, "--data", data, "--out", root / "b"), "bert", "GPT-2")
-    _one_line_error(_lmforge(*run, "--data", data, "--out", root / "m", "--metric", "accuracy"), "accuracy")
+    assert_one_line_error(
+        run_lmforge(*run, "--model", bert, "--data", data, "--out", root / "b"), "bert", "GPT-2"
+    )
+    assert_one_line_error(
+        run_lmforge(*run, "--data", data, "--out", root / "m", "--metric", "accuracy"), "accuracy"
+    )

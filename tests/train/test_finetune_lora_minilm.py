@@ -4,11 +4,10 @@ train, the rest of the checkpoint is left bit for bit, and the saved adapter loa
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmforge_cli import run_lmforge
 from safetensors.torch import load_file
 
 import lmforge
@@ -58,9 +57,7 @@ def trained(minilm_path, tmp_path_factory):
     flags = ("--max-steps", 12, "--batch-size", 8, "--lr", 1e-3, "--warmup-steps", 2, "--eval-every", 6)
     flags += ("--max-length", 24, "--lora-r", R, "--lora-alpha", 8, "--no-progress", "--device", "cpu")
     cmd = ("finetune", "--model", minilm_path, "--data", data, "--out", out, "--method", "lora", *flags)
-    result = subprocess.run(
-        [sys.executable, "-m", "lmforge", *map(str, cmd)], capture_output=True, text=True, timeout=600
-    )
+    result = run_lmforge(*cmd)
     assert result.returncode == 0, result.stderr
     assert "37,634 of" in result.stdout  # the count above, as the run reports it
     return out

@@ -4,11 +4,10 @@ one colour word, the answer, or none (an unanswerable question)."""
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmforge_cli import assert_one_line_error, run_lmforge
 
 import lmforge
 from lmforge.data.tasks import read_squad
@@ -71,16 +70,6 @@ def setup(tmp_path_factory):
     return root, base, data
 
 
-def _lmforge(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lmforge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 WINDOW_FLAGS = ("--max-length", 32, "--stride", 8, "--max-answer-length", 5)
 # Validation F1 >= 95 from step 70 on at each of 10 base-model seeds tried (the test asks 85 at step 100)
 TRAIN_FLAGS = ("--max-steps", 100, "--batch-size", 16, "--lr", 1e-3, "--warmup-steps", 4, "--eval-every", 50)
@@ -91,7 +80,9 @@ TRAIN_FLAGS += (*WINDOW_FLAGS, "--no-progress", "--device", "cpu", "--seed", 0)
 def trained(setup):
     root, base, data = setup
     out = root / "run"
-    result = _lmforge("finetune", "--task", "qa", "--model", base, "--data", data, "--out", out, *TRAIN_FLAGS)
+    result = run_lmforge(
+        "finetune", "--task", "qa", "--model", base, "--data", data, "--out", out, *TRAIN_FLAGS
+    )
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -130,7 +121,7 @@ def test_output_and_best_reopen_as_span_qa(trained, setup):
 def test_evaluate_reproduces_metrics_and_answer_agrees(trained, setup):
     out, _ = trained
     root, _, data = setup
-    result = _lmforge(
+    result = run_lmforge(
         "evaluate",
         "--model",
         out,
@@ -153,7 +144,7 @@ def test_evaluate_reproduces_metrics_and_answer_agrees(trained, setup):
     )
     printed = []
     for source in (data / "validation.json", lines):
-        result = _lmforge("answer", "--model", out, "--input", source, *WINDOW_FLAGS)
+        result = run_lmforge("answer", "--model", out, "--input", source, *WINDOW_FLAGS)
         assert result.returncode == 0, result.stderr
         printed.append(result.stdout.split("\n")[:-1])
     assert printed[0] == printed[1] and len(printed[0]) == len(rows)
@@ -163,8 +154,8 @@ def test_evaluate_reproduces_metrics_and_answer_agrees(trained, setup):
     context = root / "context.txt"
     context.write_text(rows[3]["context"] + "\n")  # the unanswerable question
     one = ("answer", "--model", out, "--question", QUESTION, "--context-file", context, *WINDOW_FLAGS)
-    assert _lmforge(*one).stdout == printed[0][3] + "\n"
-    always = _lmforge(*one, "--always-answer")
+    assert run_lmforge(*one).stdout == printed[0][3] + "\n"
+    always = run_lmforge(*one, "--always-answer")
     assert always.returncode == 0 and always.stdout.strip() != ""
 
 
@@ -172,7 +163,7 @@ def test_lora_trains_the_adapter_and_span_head(setup):
     root, base, data = setup
     out = root / "lora"
     flags = ("--max-steps", 10, "--batch-size", 8, "--lr", 1e-3, "--eval-every", 10, *WINDOW_FLAGS)
-    result = _lmforge(
+    result = run_lmforge(
         "finetune",
         "--task",
         "qa",
@@ -197,30 +188,24 @@ def test_lora_trains_the_adapter_and_span_head(setup):
     assert {"f1", "exact"} <= set(json.loads((out / "metrics.json").read_text()))
 
 
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_bad_inputs_exit_2_with_one_line(setup):
     root, base, data = setup
     run = ("finetune", "--task", "qa", "--model", base, "--out", root / "bad", "--no-progress", *WINDOW_FLAGS)
     moved = _squad(_questions(4, seed=5))
     moved["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 1
     _write_json(root / "moved.json", moved)
-    _one_line_error(_lmforge(*run, "--data", root / "moved.json"), "q5-0", "not in its context")
+    assert_one_line_error(run_lmforge(*run, "--data", root / "moved.json"), "q5-0", "not in its context")
     _write_json(root / "empty.json", {"version": "v2.0", "data": []})
-    _one_line_error(_lmforge(*run, "--data", root / "empty.json"), "has no questions")
+    assert_one_line_error(run_lmforge(*run, "--data", root / "empty.json"), "has no questions")
     for preset, family in (("t5-tiny", "t5"), ("tiny", "gpt2")):
         other = root / family
         build_model(get_preset(preset, vocab_size=128)).save_pretrained(other)
         lmforge.load_tokenizer(base).save_pretrained(other)
-        _one_line_error(_lmforge(*run, "--data", data, "--model", other), f"a {family} model", "BERT-family")
-    _one_line_error(
-        _lmforge("answer", "--model", base, "--question", QUESTION, "--context-file", root / "corpus.txt"),
+        assert_one_line_error(
+            run_lmforge(*run, "--data", data, "--model", other), f"a {family} model", "BERT-family"
+        )
+    assert_one_line_error(
+        run_lmforge("answer", "--model", base, "--question", QUESTION, "--context-file", root / "corpus.txt"),
         "not a question-answering model",
     )
-    _one_line_error(_lmforge("answer", "--model", base), "--input")
+    assert_one_line_error(run_lmforge("answer", "--model", base), "--input")
