@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from lmforge.train.loop import TrainConfig, Trainer
 from lmforge.train.tasks import TASKS, get_task
 
 _VALIDATION_NAMES = ("validation", "val", "dev")
-_RUN_FILES = ("optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 
 
 @dataclass
@@ -255,17 +253,7 @@ class TaskTrainer(Trainer):
     def export_model(self, latest: Path) -> None:
         if not self.lora:
             return super().export_model(latest)
-        # The last checkpoint's weights are the model's own now: merge them and keep the adapter.
-        adapter = self.out / "adapter"
-        shutil.rmtree(adapter, ignore_errors=True)
-        adapter.mkdir()
-        for f in latest.iterdir():
-            if f.name not in _RUN_FILES:
-                shutil.copyfile(f, adapter / f.name)
-        from lmforge.nn.lora import merge_lora
-
-        merge_lora(copy.deepcopy(self.raw_model)).save_pretrained(self.out)
-        self.tokenizer.save_pretrained(self.out)
+        self.save_final_model(self.out)  # the last checkpoint's weights are the model's own now
 
 
 def _first(examples: list, features: list[dict], n: int) -> tuple[list, list[dict]]:
