@@ -80,6 +80,20 @@ PRESETS: dict[str, GPT2Config | LlamaConfig | BertConfig] = {
         is_gated_mlp=True,
         tie_embeddings=False,
     ),
+    # The encoder-decoder counterpart of `demo` (7M parameters with a 2,048-token vocabulary): span-pretrained
+    # on the built-in corpus, then fine-tuned for the stdlib-docstring summarisation task.
+    "t5-demo": T5Config(
+        vocab_size=2048,
+        max_seq_len=256,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        d_head=64,
+        d_ff=512,
+        activation="gelu_tanh",
+        is_gated_mlp=True,
+        tie_embeddings=False,
+    ),
     "t5-small": T5Config(),  # 60M, the shape of the original t5-small (v1.0: ReLU, tied head)
 }
 

@@ -253,7 +253,8 @@ def baseline_predictions(
 
 def write_task(task: str, out_dir: str | Path) -> dict[str, Any]:
     """Write train.jsonl, validation.jsonl and test.jsonl of a built-in task, and summary.json: the row
-    counts per split, label counts (classification) and the baseline on the test split; returns the summary."""
+    counts per split, label counts (classification) and the baseline's scores (test accuracy; ROUGE or
+    SQuAD EM/F1 on validation and test); returns the summary."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +291,33 @@ def _summary_of(task: str, splits: dict[str, list[dict[str, str]]]) -> dict[str,
         }
         correct = sum(p == r["label"] for p, r in zip(predictions, splits["test"]))
         summary["baseline"] = {"majority_label": predictions[0], "test_accuracy": correct / len(predictions)}
+    else:
+        summary["baseline"] = {
+            "prediction": BASELINES[task],
+            **{split: _baseline_scores(task, splits[split]) for split in ("validation", "test")},
+        }
     if task == "stdlib-qa":
         summary["answerable"] = {s: sum(not r["is_impossible"] for r in rows) for s, rows in splits.items()}
     return summary
+
+
+BASELINES = {
+    "stdlib-docstring": "the first line of the code (its def line)",
+    "stdlib-instruct": "the first line of the input (the def line)",
+    "stdlib-qa": "the first line of the context",
+}
+
+
+def _baseline_scores(task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The baseline's ROUGE (summaries) or SQuAD EM/F1 (QA) on one split: the pure-Python metrics, so that
+    writing a task never needs the optional BLEU package."""
+    from lmforge.eval.metrics import qa_metrics, rouge
+
+    predictions = baseline_predictions(task, rows)
+    if task == "stdlib-qa":
+        golds = [[a["text"] for a in r["answers"]] for r in rows]  # none: unanswerable
+        scores = qa_metrics(predictions, golds, version_2=True)
+        return {k: scores[k] for k in ("exact", "f1")}
+    target = "target" if task == "stdlib-docstring" else "output"
+    scores = rouge(predictions, [r[target] for r in rows])
+    return {k: scores[k] for k in ("rouge1", "rouge2", "rougeL")}

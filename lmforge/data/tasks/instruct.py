@@ -17,6 +17,10 @@ Labels: the loss covers the assistant's replies only (Ouyang et al. 2022): every
 the template's role markers) is labelled IGNORE_INDEX. Each reply is the text the template adds between
 the prompt with its generation prompt and the conversation with the reply; it ends with the eos token
 (appended when the template does not write it), so that the model learns to stop.
+
+Length: a conversation longer than max_length keeps its first reply whole (up to half of max_length) by
+cutting its prompt in the middle (`fit_prompt`: the instruction and the input's start stay, and so do the
+input's last tokens with the reply header); generation at evaluation cuts prompts the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant")
+# Tokens kept from the end of a prompt cut to fit (`fit_prompt`): the input's last words and the reply header.
+PROMPT_TAIL = 16
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ def encode_instructions(
     for conversation in conversations:
         input_ids, labels = encode_conversation(tokenizer, conversation)
         if max_length is not None:
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            input_ids, labels = _fit(input_ids, labels, max_length)
         if any(label != IGNORE_INDEX for label in labels):
             features.append(
                 {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
@@ -156,6 +162,32 @@ def encode_instructions(
             f"every example's prompt fills max_length {max_length}; pass a larger --max-length"
         )
     return features
+
+
+def fit_prompt(ids: list[int], room: int) -> list[int]:
+    """Prompt ids cut to `room` tokens by removing their middle: the start (system prompt, instruction, the
+    input's beginning) and the last PROMPT_TAIL tokens (the input's end and the template's reply header)
+    stay, so a long input never costs the model its instruction or the cue to answer. A room too small
+    to hold both keeps the last `room` tokens."""
+    if len(ids) <= room:
+        return list(ids)
+    if room < 2 * PROMPT_TAIL:
+        return list(ids[len(ids) - room :])
+    return list(ids[: room - PROMPT_TAIL]) + list(ids[len(ids) - PROMPT_TAIL :])
+
+
+def _fit(input_ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """A conversation's tokens cut to max_length. When its first reply does not fit after its prompt,
+    the prompt is cut in the middle (`fit_prompt`) to leave the reply at least half of max_length;
+    whatever still does not fit is cut from the end."""
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    reply = next((i for i in range(start, len(labels)) if labels[i] == IGNORE_INDEX), len(labels)) - start
+    room = max_length - min(reply, max_length // 2)
+    if len(input_ids) > max_length and start > room and room >= 2 * PROMPT_TAIL:
+        kept = fit_prompt(list(range(start)), room)  # positions of the prompt tokens that stay
+        input_ids = [input_ids[i] for i in kept] + input_ids[start:]
+        labels = [IGNORE_INDEX] * len(kept) + labels[start:]
+    return input_ids[:max_length], labels[:max_length]
 
 
 def encode_conversation(tokenizer: Tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:

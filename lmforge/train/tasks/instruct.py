@@ -98,7 +98,8 @@ def prompt_and_reply(tokenizer, conversation) -> tuple[list[int], str]:
 
 @torch.no_grad()
 def complete(model, tokenizer, prompts: Sequence[list[int]], config) -> list[str]:
-    """Greedy replies to prompt ids (batched; each prompt keeps its last tokens when it is too long)."""
+    """Greedy replies to prompt ids (batched; a prompt too long is cut in its middle, as in training)."""
+    from lmforge.data.tasks.instruct import fit_prompt
     from lmforge.inference.generate import GenerationConfig, generate_ids
 
     eos = {tokenizer.eos_token_id}
@@ -115,7 +116,7 @@ def complete(model, tokenizer, prompts: Sequence[list[int]], config) -> list[str
     replies = []
     generation = GenerationConfig(max_new_tokens=new, temperature=0.0)
     for i in range(0, len(prompts), config.batch_size):
-        batch = [p[-room:] for p in prompts[i : i + config.batch_size]]
+        batch = [fit_prompt(p, room) for p in prompts[i : i + config.batch_size]]
         rows: list[list[int]] = [[] for _ in batch]
         for step in generate_ids(model, batch, generation, eos_token_ids=eos, pad_token_id=pad):
             for row, token in enumerate(step):

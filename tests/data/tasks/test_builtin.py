@@ -90,6 +90,13 @@ def test_written_files_read_back_and_baselines(tmp_path):
     predictions = baseline_predictions("stdlib-docstring", rows)
     assert predictions[0] == rows[0]["source"].splitlines()[0].strip()
     assert all(p.startswith(("def ", "async def ")) for p in predictions)
+    # summary.json reports the baseline's ROUGE: what a fine-tuned model has to beat
+    from lmforge.eval.metrics import rouge_l
+
+    test_rouge_l = sum(rouge_l(p, r["target"])[2] for p, r in zip(predictions, rows)) / len(rows)
+    assert summary["baseline"]["test"]["rougeL"] == pytest.approx(test_rouge_l)
+    assert 0.05 < test_rouge_l < 0.4
+    assert set(summary["baseline"]["validation"]) == {"rouge1", "rouge2", "rougeL"}
 
 
 def test_qa_task_is_squad_with_answers_in_their_docstrings(tmp_path, wordpiece):

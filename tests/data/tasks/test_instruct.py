@@ -207,3 +207,28 @@ def test_errors(fresh_bpe, tmp_path):
     _one_line(lambda: render_chat(fresh_bpe, CHAT["messages"], add_generation_prompt=True), "not valid Jinja")
     fresh_bpe.chat_template = "{{ raise_exception('only user turns') }}"
     _one_line(lambda: render_chat(fresh_bpe, CHAT["messages"], add_generation_prompt=True), "only user turns")
+
+
+def test_long_prompt_is_cut_in_the_middle_and_keeps_its_reply(fresh_bpe):
+    from lmforge.data.tasks.instruct import PROMPT_TAIL, _conversation, fit_prompt
+
+    code = "\n".join(f"    value_{i} = compute_{i}(value_{i - 1})" for i in range(1, 60))
+    row = {
+        "instruction": "Summarize this function.",
+        "input": f"def long_one():\n{code}",
+        "output": "Chain many steps.",
+    }
+    conversation = _conversation(row, "inline:1")
+    full = encode_instructions(fresh_bpe, [conversation])[0]
+    reply = [x for x in full["labels"] if x != IGNORE_INDEX]
+    assert len(full["input_ids"]) > 96
+    (cut,) = encode_instructions(fresh_bpe, [conversation], max_length=96)
+    assert len(cut["input_ids"]) == 96
+    assert [x for x in cut["labels"] if x != IGNORE_INDEX] == reply  # the whole reply, eos included
+    n_prompt = 96 - len(reply)
+    prompt = full["input_ids"][: len(full["input_ids"]) - len(reply)]
+    assert cut["input_ids"][:n_prompt] == prompt[: n_prompt - PROMPT_TAIL] + prompt[-PROMPT_TAIL:]
+    text = fresh_bpe.decode(cut["input_ids"][:n_prompt], skip_special_tokens=False)
+    assert "Summarize this function." in text and "def long_one" in text
+    assert fit_prompt(prompt, 10) == prompt[-10:]  # too small a room for both ends: the end alone
+    assert fit_prompt(prompt, len(prompt)) == prompt
