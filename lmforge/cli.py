@@ -43,11 +43,11 @@ def cmd_generate(args) -> None:
     tok = lmforge.load_tokenizer(args.model)
     timings: dict = {}
     if args.stream:
-        for piece in lmforge.generate(model, tok, prompt, gen, stream=True, timings=timings):
+        for piece in lmforge.generate(model, tok, prompt, gen, stream=True, chat=args.chat, timings=timings):
             print(piece, end="", flush=True)
         print()
     else:
-        print(lmforge.generate(model, tok, prompt, gen, timings=timings))
+        print(lmforge.generate(model, tok, prompt, gen, chat=args.chat, timings=timings))
     if args.bench:
         ttft, rate = timings.get("ttft_s"), timings.get("decode_tokens_per_s")
         print(
@@ -253,6 +253,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory (lmforge or Hugging Face)")
     p.add_argument("--prompt", required=True, help="the text to continue ('-' reads standard input)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--chat", action="store_true", help="the prompt is a user's message: write it with the chat template"
+    )
     p.add_argument("--bench", action="store_true", help="print decoding speed (tokens/s) to standard error")
     p.add_argument("--config", help="a TOML or YAML recipe with generation settings")
     cfg.add_arguments(p, GenerationConfig)

@@ -175,6 +175,20 @@ def _logits_source(model, batch: TokenBuffer, config: GenerationConfig, capacity
     return next_logits
 
 
+def _chat_prompt(tok, text: str) -> list[int]:
+    """The ids of `text` as a user's message under the tokenizer's chat template, ready for the reply."""
+    from lmforge.data.tasks.instruct import render_chat
+
+    if tok.chat_template is None:
+        raise LmforgeError(
+            "this model's tokenizer has no chat template, so --chat cannot write the prompt; fine-tune it with "
+            "--task instruct (which saves one), or leave out --chat"
+        )
+    rendered = render_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
+    # As in training: the template writes any special tokens itself.
+    return tok.encode(rendered, add_special_tokens=False, allow_special=True)
+
+
 def _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows):
     """Beam search, then its best sequence per prompt replayed one token per step."""
     sequences = beam_search(model, prompts, config, max_new, eos_token_ids, pad_token_id)
@@ -200,10 +214,14 @@ def generate(
     config: GenerationConfig | None = None,
     *,
     stream=False,
+    chat=False,
     timings: dict | None = None,
     **overrides,
 ):
     """The text generated after `prompt` (the prompt itself excluded), or a list for a list of prompts.
+
+    With chat=True each prompt is a user's message, written with the tokenizer's chat template and its
+    generation prompt (as a model fine-tuned with `--task instruct` saw its prompts), and the text is the reply.
 
     Keyword overrides replace config fields: `generate(model, tok, "Once", max_new_tokens=20)`.
     Generation of a row ends at EOS, after max_new_tokens, or before its first stop string (never
@@ -219,7 +237,9 @@ def generate(
         raise LmforgeError(
             "beam search (num_beams > 1) cannot stream: its best sequence is known only at the end"
         )
-    prompts = [tok.encode(text, add_special_tokens=True) for text in texts]
+    prompts = [
+        _chat_prompt(tok, text) if chat else tok.encode(text, add_special_tokens=True) for text in texts
+    ]
     eos_token_ids = _eos_token_ids(model, tok)
     pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     ended_rows: set[int] = set()

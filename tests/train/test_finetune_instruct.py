@@ -116,6 +116,20 @@ def test_instruction_tuning_beats_copying_the_input(trained):
     assert "<|assistant|>" in lmforge.load_tokenizer(trained).chat_template  # saved with the model
 
 
+def test_generate_chat_answers_a_new_instruction(trained, setup):
+    """`generate --chat` writes the prompt with the saved template: the tuned model answers it."""
+    prompt = "Name the capital.\n\nitaly"  # an Alpaca row's instruction and input, as training joined them
+    result = run_lmforge("generate", "--model", trained, "--chat", "--prompt", prompt, "--temperature", 0)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "rome"
+    # Without a chat template there is nothing to write the prompt with: one line, exit 2.
+    assert_one_line_error(
+        run_lmforge("generate", "--model", setup[1], "--chat", "--prompt", prompt),
+        "no chat template",
+        "--task instruct",
+    )
+
+
 def test_evaluate_reproduces_the_validation_metrics(trained, setup):
     root, _, data = setup
     result = run_lmforge(

@@ -45,32 +45,41 @@ class InstructTask(FinetuneTask):
         return _decoder(self.config.model)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
-        """Rows of next-token targets: input_ids[:-1] predict labels[1:] (prompt positions ignored)."""
-        from lmforge.data.tasks import encode_instructions
-
-        rows = encode_instructions(tokenizer, examples, max_length=self.config.max_length + 1)
-        return [
-            {
-                "input_ids": r["input_ids"][:-1],
-                "attention_mask": r["attention_mask"][:-1],
-                "labels": r["labels"][1:],
-            }
-            for r in rows
-            if any(label != IGNORE_INDEX for label in r["labels"][1:])
-        ]
+        return reply_features(tokenizer, examples, self.config.max_length)
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return causal_lm_loss(model, batch)
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
-        from lmforge.eval.metrics import compute_metrics
-
-        prompts, references = zip(*(prompt_and_reply(tokenizer, e) for e in examples))
-        replies = complete(model, tokenizer, prompts, self.config)
-        return compute_metrics("seq2seq", replies, list(references))
+        return score_replies(model, tokenizer, examples, self.config)
 
     def describe(self, train: list, validation: list) -> str:
         return f"{len(train):,} conversations (loss on the replies only); validating on {len(validation):,}"
+
+
+def reply_features(tokenizer, conversations: Sequence, max_length: int) -> list[dict]:
+    """Rows of next-token targets: input_ids[:-1] predict labels[1:] (prompt positions ignored)."""
+    from lmforge.data.tasks import encode_instructions
+
+    rows = encode_instructions(tokenizer, conversations, max_length=max_length + 1)
+    return [
+        {
+            "input_ids": r["input_ids"][:-1],
+            "attention_mask": r["attention_mask"][:-1],
+            "labels": r["labels"][1:],
+        }
+        for r in rows
+        if any(label != IGNORE_INDEX for label in r["labels"][1:])
+    ]
+
+
+def score_replies(model, tokenizer, conversations: Sequence, config) -> dict:
+    """ROUGE and BLEU of the greedy reply to each conversation's prompt against its last reply."""
+    from lmforge.eval.metrics import compute_metrics
+
+    prompts, references = zip(*(prompt_and_reply(tokenizer, e) for e in conversations))
+    replies = complete(model, tokenizer, prompts, config)
+    return compute_metrics("seq2seq", replies, list(references))
 
 
 def _decoder(path: str):

@@ -7,6 +7,11 @@ The loss is the decoder's token cross-entropy under teacher forcing (lmforge.tra
 validation score decodes greedily from every source (batched, `--max-target-length` tokens at most) and
 compares the texts with the targets: ROUGE-1/2/L and BLEU (eval/metrics.py). The fine-tuned model is a
 plain T5 checkpoint: `lmforge generate --model OUT --prompt SOURCE --temperature 0` runs it on new input.
+
+A decoder-only checkpoint (GPT-2, Llama) learns the same pairs as prompt and completion: each pair is a
+two-turn conversation under the tokenizer's chat template (the source as the user's turn, the target as
+the reply), trained and scored exactly as `--task instruct` (lmforge/train/tasks/instruct.py): the loss
+on the target tokens only, greedy completions of the prompt at validation.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.train.loss import seq2seq_loss
+from lmforge.train.loss import causal_lm_loss, seq2seq_loss
 from lmforge.train.tasks.base import FinetuneTask
+from lmforge.train.tasks.instruct import reply_features, score_replies
 
 
 class Seq2SeqTask(FinetuneTask):
@@ -28,6 +34,7 @@ class Seq2SeqTask(FinetuneTask):
     lower_is_better = frozenset({"val_loss"})
     suffixes = (".jsonl", ".json")
     max_seq_len: int | None = None  # the model's, once it is loaded: generation refuses longer sources
+    decoder_only = False  # a GPT-2 or Llama, trained on prompt + completion; known once the model is loaded
 
     def read(self, path: Path) -> list:
         from lmforge.data.tasks import read_seq2seq
@@ -38,22 +45,26 @@ class Seq2SeqTask(FinetuneTask):
         )
 
     def build_model(self, tokenizer, train: list):
-        return self._encoder_decoder("fine-tuned for seq2seq")
+        return self._model(tokenizer, "fine-tuned for seq2seq")
 
     def load_trained(self, tokenizer):
-        return self._encoder_decoder("evaluated with --task seq2seq")
+        return self._model(tokenizer, "evaluated with --task seq2seq")
 
-    def _encoder_decoder(self, what: str):
+    def _model(self, tokenizer, what: str):
         import lmforge
+        from lmforge.data.tasks import ensure_chat_template
 
         path = self.config.model
         model = lmforge.load_model(path)
-        if not getattr(model, "is_encoder_decoder", False):
-            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        self.decoder_only = kind in ("gpt2", "llama") and getattr(model, "lm_head", None) is not None
+        if not (self.decoder_only or getattr(model, "is_encoder_decoder", False)):
             raise LmforgeError(
                 f"{path} is a {kind} model, which cannot be {what}: seq2seq needs a T5 (encoder-decoder) "
-                "checkpoint; instruction tuning of GPT-2 or Llama is --task instruct"
+                "or a GPT-2 / Llama (decoder-only) checkpoint"
             )
+        if self.decoder_only:
+            ensure_chat_template(tokenizer)  # saved with the model: it is how the prompt is written
         self.max_seq_len = model.config.max_seq_len
         return model
 
@@ -62,24 +73,41 @@ class Seq2SeqTask(FinetuneTask):
         from lmforge.data.tasks import encode_seq2seq
 
         c = self.config
+        if self.decoder_only:
+            return reply_features(tokenizer, _conversations(examples), c.max_length)
         max_source = min(c.max_length, self.max_seq_len or c.max_length)
         return encode_seq2seq(
             tokenizer, examples, max_source_length=max_source, max_target_length=c.max_target_length
         )
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return seq2seq_loss(model, batch)
+        return causal_lm_loss(model, batch) if self.decoder_only else seq2seq_loss(model, batch)
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
         from lmforge.eval.metrics import compute_metrics
 
         c = self.config
+        if self.decoder_only:
+            return score_replies(model, tokenizer, _conversations(examples), c)
         sources = [f["input_ids"] for f in features]
         outputs = generate_targets(model, tokenizer, sources, c.max_target_length, c.batch_size)
         return compute_metrics("seq2seq", outputs, [e.target for e in examples])
 
     def describe(self, train: list, validation: list) -> str:
-        return f"{len(train):,} source/target pairs; validating on {len(validation):,} (greedy decoding)"
+        how = " as prompt and completion" if self.decoder_only else ""
+        return f"{len(train):,} source/target pairs{how}; validating on {len(validation):,} (greedy decoding)"
+
+
+def _conversations(examples: Sequence) -> list:
+    """Each pair as a conversation: the source is the user's turn, the target the reply."""
+    from lmforge.data.tasks.instruct import Conversation
+
+    return [
+        Conversation(
+            ({"role": "user", "content": e.source}, {"role": "assistant", "content": e.target}), e.where
+        )
+        for e in examples
+    ]
 
 
 @torch.no_grad()
