@@ -9,7 +9,7 @@
 """
 
 from lmforge.data.tasks.builtin import TASKS as BUILTIN_TASKS
-from lmforge.data.tasks.builtin import baseline_predictions, build_task, write_task
+from lmforge.data.tasks.builtin import baseline_predictions, build_task, heldout_corpus_files, write_task
 from lmforge.data.tasks.classification import (
     ClassificationExample,
     LabelMap,
@@ -56,6 +56,7 @@ __all__ = [
     "encode_instructions",
     "encode_seq2seq",
     "ensure_chat_template",
+    "heldout_corpus_files",
     "pad_batch",
     "postprocess_squad",
     "prepare_squad_eval",

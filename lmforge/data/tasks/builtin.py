@@ -96,6 +96,23 @@ def stdlib_functions(packages: Sequence[str]) -> list[StdlibFunction]:
     return sorted(unique, key=lambda f: f.name)
 
 
+def heldout_corpus_files() -> list[Path]:
+    """The built-in corpus without the files of SUMMARIZATION_PACKAGES: pretraining text that never holds a
+    docstring (or code) of the stdlib-docstring, stdlib-instruct or stdlib-qa splits, so that a model
+    pretrained on it and fine-tuned on those tasks is scored on text it has never seen.
+
+    `lmforge pretrain --data $(python -c "from lmforge.data.tasks import heldout_corpus_files as f; print(*f())")`
+    """
+    from lmforge.data.sources import builtin_corpus_files
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [
+        f
+        for f in builtin_corpus_files()
+        if f.relative_to(stdlib).parts[0].removesuffix(".py") not in SUMMARIZATION_PACKAGES
+    ]
+
+
 def _package_files(stdlib: Path, packages: Sequence[str]) -> list[Path]:
     """`*.py` of the packages, without their test suites: the files `builtin_corpus_files` lists for them
     (listed here directly, as walking the whole library takes seconds)."""

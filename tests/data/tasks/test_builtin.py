@@ -128,3 +128,21 @@ def test_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(LmforgeError, match="choose a writable directory"):
         write_task("stdlib-package", tmp_path / "file" / "sub")
+
+
+def test_heldout_corpus_leaves_out_every_task_package():
+    import sysconfig
+    from pathlib import Path
+
+    from lmforge.data.sources import builtin_corpus_files
+    from lmforge.data.tasks import heldout_corpus_files
+    from lmforge.data.tasks.builtin import SUMMARIZATION_PACKAGES
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    everything, heldout = builtin_corpus_files(), heldout_corpus_files()
+    assert heldout and set(heldout) < set(everything)
+    top = {f.relative_to(stdlib).parts[0].removesuffix(".py") for f in heldout}
+    assert not top & set(SUMMARIZATION_PACKAGES) and {"os", "pathlib"} <= top
+    # a file of a task package is among those left out
+    left_out = {str(f) for f in set(everything) - set(heldout)}
+    assert (stdlib / "json" / "decoder.py").as_posix() in left_out
