@@ -29,6 +29,7 @@ class Plan:
     train: tuple[tuple[str, int, int], ...]  # (preset, batch_size, seq_len)
     generate: tuple[tuple[str, int, int, int], ...]  # (preset, batch_size, longest prompt, new tokens)
     data_megabytes: float
+    read_megabytes: float  # the tensor streamed to measure memory bandwidth
     repeats: int  # timed rounds of every comparison
     warmup: int  # untimed rounds before them
     memory_steps: int = (
@@ -43,6 +44,7 @@ PLANS = {
         train=(("tiny", 8, 256), ("demo", 8, 256), ("gpt2", 2, 256)),
         generate=(("demo", 1, 128, 128), ("demo", 8, 128, 128), ("gpt2", 1, 128, 128), ("gpt2", 8, 128, 128)),
         data_megabytes=16.0,
+        read_megabytes=512.0,
         repeats=7,
         warmup=2,
     ),
@@ -51,6 +53,7 @@ PLANS = {
         train=(("tiny", 8, 256), ("demo", 8, 256)),
         generate=(("demo", 1, 128, 128), ("demo", 8, 128, 128)),
         data_megabytes=2.0,
+        read_megabytes=256.0,
         repeats=5,
         warmup=1,
     ),
@@ -59,6 +62,7 @@ PLANS = {
         train=(("tiny", 2, 32),),
         generate=(("tiny", 1, 16, 8), ("tiny", 2, 16, 8)),
         data_megabytes=0.05,
+        read_megabytes=16.0,
         repeats=2,
         warmup=1,
         memory_steps=0,  # a subprocess per side costs seconds; tests/bench checks bench.memory alone
@@ -107,6 +111,10 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
     )
     for row in results["ceilings"]:
         say(f"matmul {row['dtype']} n={row['n']}: {row['gflops']:.1f} GFLOP/s")
+    results["memory_read"] = machine.memory_read_gbps(
+        plan.read_megabytes, warmup=max(plan.warmup, 3), repeats=plan.repeats
+    )
+    say(f"streaming read: {results['memory_read']['gbps']:.1f} GB/s")
     results["train"] = _train_rows(plan, precisions, results["ceilings"])
     results["generate"] = _generate_rows(plan, precisions)
     row = data.run_case(data.DataCase(plan.data_megabytes), warmup=plan.warmup, repeats=plan.repeats)

@@ -117,6 +117,8 @@ def run_case(case: GenerateCase, *, warmup: int, repeats: int) -> dict:
     row = {
         **{k: getattr(case, k) for k in ("shape", "precision", "batch_size", "new_tokens")},
         "prompt_lens": sorted({len(p) for p in prompts}),
+        # What one token of decoding reads at least: every weight once (a tied head counted once).
+        "weight_bytes": sum(p.numel() * p.element_size() for p in models[0].parameters()),
         "runs": repeats,
         # Random weights make near-ties common, so a few greedy tokens may differ by rounding alone.
         "greedy_agreement": sum(a == b for a, b in pairs) / len(pairs),

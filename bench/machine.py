@@ -1,5 +1,6 @@
-"""The machine a benchmark ran on, and the matmul throughput torch reaches on it: the ceilings that
-MFU (model FLOP utilisation) is measured against.
+"""The machine a benchmark ran on, and the ceilings torch reaches on it: matmul throughput, which MFU
+(model FLOP utilisation) is measured against, and streaming-read bandwidth, which bounds decoding (every
+weight is read once per token).
 """
 
 from __future__ import annotations
@@ -75,3 +76,18 @@ def matmul_ceilings(sizes: list[int], *, warmup: int, repeats: int) -> list[dict
 def peak_flops(ceilings: list[dict], dtype: str) -> float:
     """FLOP/s: the best matmul throughput measured in this dtype."""
     return 1e9 * max(row["gflops"] for row in ceilings if row["dtype"] == dtype)
+
+
+def memory_read_gbps(megabytes: float, *, warmup: int, repeats: int) -> dict:
+    """GB/s of torch summing a float32 tensor of `megabytes` (far larger than the caches): how fast this
+    machine streams memory, medians of `repeats` runs."""
+    x = torch.ones(int(megabytes * 1e6) // 4)
+    result = interleave(
+        {"read": lambda: {"seconds": timed(lambda: x.sum())}}, warmup=warmup, repeats=repeats, label="read"
+    )
+    seconds = result["read"]["median"]["seconds"]
+    return {
+        "megabytes": megabytes,
+        "gbps": x.numel() * 4 / seconds / 1e9,
+        "runs": len(result["read"]["runs"]),
+    }

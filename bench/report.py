@@ -53,9 +53,9 @@ def render(results: dict) -> str:
             mode_note=MODE_NOTES[results["mode"]],
             machine=describe_machine(results["machine"]),
         ),
-        _ceilings(results["ceilings"]),
+        _ceilings(results["ceilings"], results.get("memory_read")),
         _train(results["train"]),
-        _generate(results["generate"]),
+        _generate(results["generate"], results.get("memory_read")),
         _data(results["data"]),
     ]
     return "\n".join(parts)
@@ -90,14 +90,21 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
-def _ceilings(rows: list[dict]) -> str:
+def _ceilings(rows: list[dict], read: dict | None) -> str:
     body = [[r["dtype"], str(r["n"]), _num(r["gflops"], 1), str(r["runs"])] for r in rows]
     note = (
         "torch's own (n, n) @ (n, n) matmul; the best size of each dtype is the MFU denominator below. "
         "Without native bf16 it is emulated (about a hundred times slower), so it is measured at one "
         "small size only.\n\n"
     )
-    return "## Matmul ceilings\n\n" + note + _table(["dtype", "n (n x n @ n x n)", "GFLOP/s", "runs"], body)
+    text = "## Matmul ceilings\n\n" + note + _table(["dtype", "n (n x n @ n x n)", "GFLOP/s", "runs"], body)
+    if read:
+        text += (
+            f"\n\n**Streaming reads:** {read['gbps']:.1f} GB/s (torch summing a {read['megabytes']:.0f} MB "
+            f"float32 tensor, median of {read['runs']} runs). Decoding reads every weight once per step, so "
+            'this over the weights\' bytes bounds decode tok/s (the "bound" column below, times the batch).'
+        )
+    return text
 
 
 def _skipped(row: dict, first: list[str], width: int) -> list[str]:
@@ -141,10 +148,10 @@ def _train(rows: list[dict]) -> str:
     return "## Training\n\n" + note + "\n" + _table(header, body)
 
 
-def _generate(rows: list[dict]) -> str:
+def _generate(rows: list[dict], read: dict | None) -> str:
     header = ["shape", "precision", "batch", "prompt tokens", "lmforge decode tok/s"]
-    header += ["transformers decode tok/s", "ratio", "lmforge TTFT ms", "transformers TTFT ms", "ratio"]
-    header += ["greedy agreement", "runs"]
+    header += ["transformers decode tok/s", "ratio", "bound tok/s", "lmforge TTFT ms", "transformers TTFT ms"]
+    header += ["ratio", "greedy agreement", "runs"]
     body = []
     for r in rows:
         first = [r["shape"], r["precision"], str(r["batch_size"])]
@@ -158,6 +165,9 @@ def _generate(rows: list[dict]) -> str:
             + [_num(ours["decode_tokens_per_s"]), _num(theirs["decode_tokens_per_s"])]
             + [
                 _ratio(r["ratio"]["decode_tokens_per_s"]),
+                _num(r["batch_size"] * read["gbps"] * 1e9 / r["weight_bytes"])
+                if read and r.get("weight_bytes")
+                else "",
                 _num(ours["ttft_ms"], 1),
                 _num(theirs["ttft_ms"], 1),
             ]

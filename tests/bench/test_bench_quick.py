@@ -46,6 +46,9 @@ def test_smoke_run_writes_well_formed_results(tmp_path):
     )
     assert {r["dtype"] for r in results["ceilings"]} == {"float32", "bfloat16"}
     assert all(r["gflops"] > 0 for r in results["ceilings"])
+    assert (
+        results["memory_read"]["gbps"] > 0 and "Streaming reads" in (tmp_path / "BENCHMARKS.md").read_text()
+    )
     measured = {
         section: [r for r in results[section] if "skipped" not in r]
         for section in ("train", "generate", "data")
