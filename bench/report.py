@@ -93,7 +93,8 @@ def _params(n: int) -> str:
 def _ceilings(rows: list[dict], read: dict | None) -> str:
     body = [[r["dtype"], str(r["n"]), _num(r["gflops"], 1), str(r["runs"])] for r in rows]
     note = (
-        "torch's own (n, n) @ (n, n) matmul; the best size of each dtype is the MFU denominator below. "
+        "torch's own (n, n) @ (n, n) matmul, the fastest of the runs; the best size of each dtype is the MFU "
+        "denominator below. "
         "Without native bf16 it is emulated (about a hundred times slower), so it is measured at one "
         "small size only.\n\n"
     )
@@ -101,7 +102,7 @@ def _ceilings(rows: list[dict], read: dict | None) -> str:
     if read:
         text += (
             f"\n\n**Streaming reads:** {read['gbps']:.1f} GB/s (torch summing a {read['megabytes']:.0f} MB "
-            f"float32 tensor, median of {read['runs']} runs). Decoding reads every weight once per step, so "
+            f"float32 tensor, the fastest of {read['runs']} runs). Decoding reads every weight once per step, so "
             'this over the weights\' bytes bounds decode tok/s (the "bound" column below, times the batch).'
         )
     return text
