@@ -103,7 +103,7 @@ def _ceilings(rows: list[dict], read: dict | None) -> str:
         text += (
             f"\n\n**Streaming reads:** {read['gbps']:.1f} GB/s (torch summing a {read['megabytes']:.0f} MB "
             f"float32 tensor, the fastest of {read['runs']} runs). Decoding reads every weight once per step, so "
-            'this over the weights\' bytes bounds decode tok/s (the "bound" column below, times the batch).'
+            'this over the weights\' bytes bounds decode tok/s (the "bound" column below, times the batch).\n'
         )
     return text
 
