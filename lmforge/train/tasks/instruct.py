@@ -82,12 +82,18 @@ def score_replies(model, tokenizer, conversations: Sequence, config) -> dict:
     return compute_metrics("seq2seq", replies, list(references))
 
 
+def is_causal_lm(model) -> bool:
+    """A decoder-only language model (GPT-2, Llama) with its LM head: one that can learn to reply."""
+    kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    return kind in ("gpt2", "llama") and getattr(model, "lm_head", None) is not None
+
+
 def _decoder(path: str):
     import lmforge
 
     model = lmforge.load_model(path)
-    kind = getattr(model.config, "model_type", type(model).__name__)
-    if kind not in ("gpt2", "llama") or getattr(model, "lm_head", None) is None:
+    if not is_causal_lm(model):
+        kind = getattr(model.config, "model_type", type(model).__name__)
         raise LmforgeError(
             f"{path} is a {kind} model, which cannot be instruction-tuned; use a GPT-2 or Llama "
             "checkpoint (T5 models take --task seq2seq)"

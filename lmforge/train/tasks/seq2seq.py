@@ -24,7 +24,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.train.loss import causal_lm_loss, seq2seq_loss
 from lmforge.train.tasks.base import FinetuneTask
-from lmforge.train.tasks.instruct import reply_features, score_replies
+from lmforge.train.tasks.instruct import is_causal_lm, reply_features, score_replies
 
 
 class Seq2SeqTask(FinetuneTask):
@@ -56,9 +56,9 @@ class Seq2SeqTask(FinetuneTask):
 
         path = self.config.model
         model = lmforge.load_model(path)
-        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        self.decoder_only = kind in ("gpt2", "llama") and getattr(model, "lm_head", None) is not None
+        self.decoder_only = is_causal_lm(model)
         if not (self.decoder_only or getattr(model, "is_encoder_decoder", False)):
+            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
             raise LmforgeError(
                 f"{path} is a {kind} model, which cannot be {what}: seq2seq needs a T5 (encoder-decoder) "
                 "or a GPT-2 / Llama (decoder-only) checkpoint"
