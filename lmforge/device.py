@@ -1,17 +1,42 @@
 """Device and precision choice, seeding, and printing from one process of many.
 
-bf16 autocast is used where the hardware computes it natively: CUDA GPUs from Ampere on, and CPUs
-with AVX512-BF16 or AMX; elsewhere bf16 would be emulated and slower than float32.
+Precision `auto` means the fastest dtype this device computes correctly. On CUDA that is bf16 where
+the GPU has it. On a CPU the flags do not tell: some CPUs with AVX512-BF16 run torch's bf16 matmuls
+at twice the float32 speed, others at half of it, and without the flag bf16 is emulated (about a
+hundred times slower). So a CPU with the flag is measured: a short float32-against-bf16 matmul at
+the model's own sizes, cached per machine and torch version in the user's cache directory.
+
+`LMFORGE_PRECISION` (float32, bfloat16, float16), when set, replaces `auto` in every command: CI runs
+the tests a second time with it set to bfloat16, so the bf16 path is exercised on every machine.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from lmforge.errors import LmforgeError
+
+PRECISION_ENV = "LMFORGE_PRECISION"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+# bf16 is chosen on a CPU only when its measured matmul speed beats float32 by this much: a near tie
+# is not worth bf16's rounding.
+MIN_BF16_SPEEDUP = 1.15
 
 
 def default_device() -> torch.device:
@@ -23,43 +48,177 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and flags, from the first processor in /proc/cpuinfo (empty elsewhere)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
-        return False
+        pass
+    import platform
+
+    return info.get("model name") or platform.processor() or "unknown CPU", set(info.get("flags", "").split())
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); whether they are fast is measured."""
+    flags = cpu_model_and_flags()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def supports_bf16(device: torch.device | str) -> bool:
+    """Whether the device has bf16 in hardware (not whether it is faster there: see choose_precision)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
+@dataclass(frozen=True)
+class Precision:
+    """A compute dtype and why it was chosen."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def requested_precision(name: str | None) -> str:
+    """The precision asked for: `name`, where `auto` (or None) gives way to $LMFORGE_PRECISION if set."""
+    name = "auto" if name is None else str(name)
+    if name == "auto" and os.environ.get(PRECISION_ENV):
+        name = os.environ[PRECISION_ENV].strip()
+        if name not in DTYPES and name != "auto":
+            raise LmforgeError(
+                f"{PRECISION_ENV}={name!r} is not a precision; set it to float32, bfloat16 or float16, or unset it"
+            )
+    return name
+
+
+def choose_precision(
+    name: str | None,
+    device: torch.device | str,
+    *,
+    sizes: tuple[int, int] = (768, 3072),
+    training: bool = True,
+) -> Precision:
+    """The compute dtype for `name` (auto, float32, bfloat16, float16) on `device`, and why.
+
+    sizes are the model's (d_model, d_ff): the matmuls a CPU probe times. float16 trains only on CUDA
+    (with loss scaling); a CPU has neither the kernels nor the need.
+    """
+    device = torch.device(device)
+    asked = requested_precision(name)
+    if asked != "auto":
+        if asked not in DTYPES:
+            raise LmforgeError(f"unknown precision {asked!r}; use auto, float32, bfloat16 or float16")
+        dtype = DTYPES[asked]
+        if dtype == torch.float16 and training and device.type != "cuda":
+            raise LmforgeError(
+                f"float16 training needs a CUDA GPU (it is slow and unscaled on {device.type}); "
+                "use --precision bfloat16 or float32"
+            )
+        forced = name in (None, "auto")
+        return Precision(dtype, f"set by {PRECISION_ENV}" if forced else "asked for")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, "this GPU computes bf16")
+        return Precision(torch.float32, "this GPU has no bf16")
+    if device.type != "cpu":
+        return Precision(torch.float32, f"the default on {device.type}")
+    if not cpu_has_native_bf16():
+        return Precision(torch.float32, "no bf16 instructions on this CPU")
+    speedup = bf16_speedup(*sizes)
+    if speedup is None:
+        return Precision(torch.float32, "bf16 matmuls are inaccurate on this CPU")
+    dtype = torch.bfloat16 if speedup >= MIN_BF16_SPEEDUP else torch.float32
+    return Precision(dtype, f"bf16 measured {speedup:.2f}x float32 on this CPU")
+
+
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "cpu") -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 where native, else float32) -> a torch dtype."""
+    """A weight dtype: float32 | bfloat16 | float16 | auto (as choose_precision, for inference) -> torch dtype.
+
+    None means the default: float32, or $LMFORGE_PRECISION where it is set.
+    """
     if isinstance(name, torch.dtype):
         return name
-    if name in (None, "float32", "fp32"):
-        return torch.float32
+    if name is None:
+        name = requested_precision("auto")
+        if name == "auto" and not os.environ.get(PRECISION_ENV):
+            return torch.float32
     if name == "auto":
-        return torch.bfloat16 if supports_bf16(device) else torch.float32
-    table = {
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if name not in table:
-        from lmforge.errors import LmforgeError
-
+        return choose_precision("auto", device, training=False).dtype
+    if name not in DTYPES:
         raise LmforgeError(f"unknown dtype {name!r}; use float32, bfloat16, float16 or auto")
-    return table[name]
+    return DTYPES[name]
+
+
+def cache_dir() -> Path:
+    """lmforge's per-user cache directory ($LMFORGE_CACHE, else $XDG_CACHE_HOME/lmforge or ~/.cache/lmforge)."""
+    if os.environ.get("LMFORGE_CACHE"):
+        return Path(os.environ["LMFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmforge"
+
+
+def bf16_speedup(d_model: int, d_ff: int) -> float | None:
+    """float32 time / bf16 time of this CPU's (rows, d_model) @ (d_model, d_ff) matmul, from the cache or
+    measured now (well under a second); None where bf16 gives wrong results."""
+    key = f"{cpu_model_and_flags()[0]} | torch {torch.__version__} | {torch.get_num_threads()} threads | {d_model}x{d_ff}"
+    path = cache_dir() / "precision.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if key in cached and (cached[key] is None or isinstance(cached[key], float)):
+        return cached[key]
+    cached[key] = measure_bf16_speedup(d_model, d_ff)
+    try:  # a cache that cannot be written only means measuring again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return cached[key]
+
+
+def measure_bf16_speedup(
+    d_model: int, d_ff: int, *, budget_flops: float = 2e9, budget_s: float = 0.25
+) -> float | None:
+    """Time float32 and bf16 (rows, d_model) @ (d_model, d_ff) matmuls, alternately (so a neighbour's
+    load slows both alike), the fastest of each over at least 3 rounds and up to budget_s; rows are a
+    training batch's tokens, fewer for a large model (to stay within budget_flops per matmul)."""
+    rows = int(max(64, min(2048, budget_flops / (2 * d_model * d_ff))))
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, d_model, generator=generator)
+    b = torch.randn(d_model, d_ff, generator=generator) / d_model**0.5
+    pairs = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
+    result = {dtype: x @ w for dtype, (x, w) in pairs.items()}  # the warmup
+    best = dict.fromkeys(pairs, float("inf"))
+    started, rounds = time.perf_counter(), 0
+    while rounds < 3 or (rounds < 20 and time.perf_counter() - started < budget_s):
+        for dtype, (x, w) in pairs.items():
+            start = time.perf_counter()
+            x @ w
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+        rounds += 1
+    exact = result[torch.float32]
+    error = ((result[torch.bfloat16].float() - exact).norm() / exact.norm()).item()
+    if not error < 2e-2:  # bf16 keeps 8 bits of mantissa: a relative error near 4e-3 is right
+        return None
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
 
 
 def seed_everything(seed: int) -> None:

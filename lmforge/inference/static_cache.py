@@ -42,8 +42,9 @@ class StaticKVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv_heads, T, d_head) at `slots` (T,); return the visible slots."""
-        self.keys[layer].index_copy_(2, self.slots, k)
-        self.values[layer].index_copy_(2, self.slots, v)
+        # NOTE: under autocast the projections hand back bf16 keys for a float32 cache (or the reverse).
+        self.keys[layer].index_copy_(2, self.slots, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, self.slots, v.to(self.values[layer].dtype))
         return self.keys[layer][:, :, : self.visible], self.values[layer][:, :, : self.visible]
 
     def advance(self, n: int) -> None:

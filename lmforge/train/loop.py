@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmforge.device import resolve_dtype
+from lmforge.device import choose_precision, print0
 from lmforge.errors import LmforgeError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import World, all_reduce_sum, barrier, no_sync, unwrap, wrap_model
@@ -32,13 +32,14 @@ from lmforge.train.optim import lr_at, make_optimizer
 @dataclass
 class TrainConfig:
     out: str = "runs/lm"  # the run directory: checkpoints, metrics.jsonl, loss.png, the final model
-    max_steps: int = 1000  # optimizer steps to train for
+    max_steps: int | None = None  # optimizer steps to train for (default: 1000, unless --epochs is given)
+    epochs: float | None = None  # passes over the training data, instead of --max-steps (0.5: half of one)
     batch_size: int = 8  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 256  # tokens per training sequence
     lr: float = 1e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps
+    warmup_steps: int = 100  # linear warmup steps (at most a tenth of --max-steps)
     weight_decay: float = 0.1  # AdamW weight decay (never on norms, biases, embeddings)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     eval_every: int = 100  # evaluate (validation loss and a sample) every N steps
@@ -47,7 +48,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints to keep
     sample_tokens: int = 48  # tokens generated as a sample at each evaluation (0: none)
     seed: int = 1337  # seeds the model init, data order and sampling
-    precision: str = "auto"  # autocast dtype: auto (bf16 where native), bfloat16, float32
+    precision: str = "auto"  # auto (the fastest, measured on a CPU), float32, bfloat16, float16 (CUDA)
     compile: bool = False  # torch.compile the model
     skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient instead of stopping
     tensorboard: bool = False  # also log to OUT/tensorboard (needs tensorboard installed)
@@ -58,22 +59,40 @@ class TrainConfig:
     progress: bool = True  # show the progress bar
 
     def __post_init__(self):
+        if self.max_steps is not None and self.epochs is not None:
+            raise LmforgeError(
+                f"pass --max-steps or --epochs, not both (got {self.max_steps} steps and {self.epochs} epochs)"
+            )
+        if self.max_steps is None and self.epochs is None:
+            self.max_steps = 1000
+        if self.epochs is not None and not self.epochs > 0:
+            raise LmforgeError(f"--epochs must be positive, got {self.epochs}")
         for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LmforgeError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise LmforgeError(f"--lr must be positive, got {self.lr}")
+
+    def steps_for_epochs(self, samples_per_epoch: int, world_size: int) -> None:
+        """Set max_steps from --epochs: the steps whose global batches pass over the data that often.
+
+        A pure function of the data and the batch shape, so a resumed run computes the same max_steps.
+        """
+        if self.epochs is None:
+            return
+        global_batch = self.batch_size * self.grad_accum * world_size
+        self.max_steps = max(1, math.ceil(self.epochs * samples_per_epoch / global_batch))
 
 
 def accumulate_gradients(
-    model, micro_batches: list[dict], loss_fn, world: World, autocast=nullcontext
+    model, micro_batches: list[dict], loss_fn, world: World, autocast=nullcontext, scaler=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backpropagate the global batch's mean token loss; returns (mean loss, global token count).
 
     Each micro-batch contributes sum(token losses) / (tokens in the global batch), times the world
-    size because DDP averages gradients over processes.
+    size because DDP averages gradients over processes. A float16 GradScaler, if given, scales it.
     """
     local = sum(_n_targets(b) for b in micro_batches)
     n_tokens = all_reduce_sum(torch.as_tensor(local, dtype=torch.float64), world)
@@ -83,7 +102,8 @@ def accumulate_gradients(
     for i, batch in enumerate(micro_batches):
         with no_sync(model, i == len(micro_batches) - 1), autocast():
             loss_sum, _ = loss_fn(model, batch)
-        (loss_sum * (world.size / n_tokens.item())).backward()
+        loss = loss_sum.float() * (world.size / n_tokens.item())
+        (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss_sum.detach().double().cpu()
     return all_reduce_sum(total, world) / n_tokens, n_tokens
 
@@ -120,8 +140,13 @@ class Trainer:
         self.sample_fn = sample_fn
         self.out = Path(config.out)
         self.raw_model = model.to(world.device)
-        dtype = resolve_dtype(config.precision, world.device)
+        self.precision = choose_precision(config.precision, world.device, sizes=model_sizes(model))
+        print0(f"precision: {self.precision}")
+        dtype = self.precision.dtype
         self.autocast = lambda: torch.autocast(world.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        # NOTE: float16's 5 exponent bits underflow small gradients: the loss is scaled up before
+        # backward and the gradients down before the step (a step with inf/NaN is skipped).
+        self.scaler = torch.amp.GradScaler(world.device.type) if dtype == torch.float16 else None
         self.start_step, self.stop_requested = 0, False  # a subclass may ask to stop (early stopping)
         self.resumed_state: dict = {}  # the trainer_state.json resumed from, if any
         resume_from = self._check_out_dir()
@@ -142,6 +167,8 @@ class Trainer:
             )
             ckpt.set_rng_state(state["rng"], rng)
             self.start_step = state["step"]
+            if self.scaler is not None and state.get("grad_scaler"):
+                self.scaler.load_state_dict(state["grad_scaler"])
         if config.compile:
             self.model = torch.compile(self.model, dynamic=False)
 
@@ -263,10 +290,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [self._to_device(self.train_batch(step, m)) for m in range(cfg.grad_accum)]
-        loss, n_tokens = accumulate_gradients(self.model, micro, self.loss_fn, self.world, self.autocast)
+        loss, n_tokens = accumulate_gradients(
+            self.model, micro, self.loss_fn, self.world, self.autocast, self.scaler
+        )
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         loss, grad_norm = loss.item(), float(grad_norm)
         row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens.item()}
+        if self.scaler is not None and math.isfinite(loss):
+            # An overflow only means the scale was too high: GradScaler skips the step and lowers it.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return row if math.isfinite(grad_norm) else {**row, "skipped": True}
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             if cfg.skip_nonfinite:
@@ -350,6 +387,8 @@ class Trainer:
                 "fingerprint": self.fingerprint,
                 "config": asdict(self.config),
                 "data_position": {"step": step, "samples": step * self._global_batch()},
+                "precision": self.precision.name,
+                **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
                 **self.task_state(),
             }
             ckpt.write_checkpoint(
@@ -369,3 +408,10 @@ class Trainer:
         self.raw_model.save_pretrained(directory, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+
+
+def model_sizes(model) -> tuple[int, int]:
+    """(d_model, d_ff) of a model (or a task model around one): the matmuls a precision probe times."""
+    config = getattr(model, "config", None)
+    d_model = getattr(config, "d_model", None) or 768
+    return d_model, getattr(config, "d_ff", None) or 4 * d_model
