@@ -28,6 +28,15 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
 
 
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report progress on standard error (default: on; --no-progress for quiet runs)",
+    )
+
+
 def cmd_generate(args) -> None:
     import lmforge
     from lmforge.device import default_device, resolve_dtype
@@ -63,7 +72,7 @@ def cmd_tokenizer_train(args) -> None:
     from lmforge.tokenizers import train_tokenizer
 
     files = expand_paths(args.data, args.glob) if args.data else builtin_corpus_files()
-    tok = train_tokenizer(files, vocab_size=args.vocab_size, kind=args.kind)
+    tok = train_tokenizer(files, vocab_size=args.vocab_size, kind=args.kind, show_progress=args.progress)
     tok.save_pretrained(args.out)
     print(f"trained a {args.kind} tokenizer with {tok.vocab_size} tokens on {len(files)} files -> {args.out}")
 
@@ -149,7 +158,7 @@ def cmd_prepare(args) -> None:
     from lmforge.data.prepare import PrepareConfig, prepare
 
     config = cfg.build(PrepareConfig, args, cfg.load_recipe(args.config) if args.config else None)
-    manifest = prepare(config)
+    manifest = prepare(config, progress=args.progress)
     print(
         f"wrote {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens "
         f"({manifest['dtype']}) to {config.out}"
@@ -268,6 +277,7 @@ def build_parser() -> ArgumentParser:
     p = verbs.add_parser("prepare", help="tokenize a corpus into token files for pretraining")
     p.add_argument("--config", help="a TOML or YAML recipe")
     cfg.add_arguments(p, PrepareConfig)
+    _add_progress_flag(p)
     p.set_defaults(func=cmd_prepare)
 
     p = verbs.add_parser("pretrain", help="train a language model from scratch")
@@ -284,14 +294,24 @@ def build_parser() -> ArgumentParser:
     tok = verbs.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
         dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION"
     )
-    p = tok.add_parser("train", help="train a byte-level BPE, character or WordPiece tokenizer on text files")
+    p = tok.add_parser(
+        "train", help="train a byte-level BPE, character, WordPiece or Unigram tokenizer on text files"
+    )
     p.add_argument("--data", nargs="+", help="text files or directories (default: the built-in corpus)")
     p.add_argument("--glob", default="*.txt", help="which files to take from directories (default: *.txt)")
-    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument(
+        "--vocab-size", type=int, required=True, help="the number of tokens, special ones included"
+    )
     from lmforge.tokenizers.train import KINDS
 
-    p.add_argument("--kind", choices=list(KINDS), default="bpe")
+    p.add_argument(
+        "--kind",
+        choices=list(KINDS),
+        default="bpe",
+        help="bpe (GPT-2's byte-level BPE, the default), char, wordpiece (BERT's) or unigram (T5's)",
+    )
     p.add_argument("--out", required=True, help="directory for tokenizer.json and its config")
+    _add_progress_flag(p)
     p.set_defaults(func=cmd_tokenizer_train)
     _add_embedding_verbs(verbs)
     _add_finetune_verbs(verbs)

@@ -152,10 +152,8 @@ def _tokenizer_from_first_pass(
         raise LmforgeError(f"the corpus is empty: {named} hold no text; pass files with text")
     documents = itertools.chain([first], documents)
     if tok is None:
-        # The trainer's own progress bar prints blank lines when stderr is not a terminal.
-        show_progress = progress and sys.stderr.isatty()
         tok = train_tokenizer(
-            documents, vocab_size=config.vocab_size, kind=config.tokenizer_kind, show_progress=show_progress
+            documents, vocab_size=config.vocab_size, kind=config.tokenizer_kind, show_progress=progress
         )
     for _ in documents:  # counting, with a given tokenizer (training reads them all already)
         pass

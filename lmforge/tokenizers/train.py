@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers.tokenizer import Tokenizer, resolve_special_roles
@@ -51,35 +53,61 @@ def train_tokenizer(
     wordpiece always has BERT's [PAD] [UNK] [CLS] [SEP] [MASK] and ignores special_tokens.
     unigram: special_tokens default ["<pad>", "</s>", "<unk>"] (ids 0, 1, 2 as in T5), then the learned
     pieces, then n_sentinels span-corruption sentinels <extra_id_N>, all within vocab_size.
+    show_progress: report on stderr. On a terminal these are the `tokenizers` library's own bars (reading,
+    then the slow part: merges, or the Unigram's EM rounds); elsewhere, where those bars print nothing, a
+    bar of the bytes read and a line when the vocabulary is being learned.
     """
     if kind not in KINDS:
         raise LmforgeError(f"unknown tokenizer kind {kind!r}; pass one of {', '.join(KINDS)}")
-    texts = _nonempty_texts(source)
+    paths = _source_paths(source)
+    texts = _nonempty_texts(source if paths is None else paths)
+    # The number of texts the library's bar counts to: files are read in pieces of at most _CHUNK_CHARS.
+    length = None if paths is None else sum(p.stat().st_size // _CHUNK_CHARS + 1 for p in paths)
+    library_bars = show_progress and sys.stderr.isatty()
+    if show_progress and not library_bars:
+        texts = _reported(texts, paths, f"training a {kind} tokenizer of {vocab_size:,} tokens")
     if kind == "wordpiece":
         from lmforge.tokenizers.wordpiece import train_wordpiece
 
-        return train_wordpiece(texts, vocab_size, min_frequency, show_progress)
+        return train_wordpiece(texts, vocab_size, min_frequency, library_bars, length)
     if kind == "unigram":
         from lmforge.tokenizers.unigram import train_unigram
 
-        return train_unigram(texts, vocab_size, special_tokens, n_sentinels, show_progress)
+        return train_unigram(texts, vocab_size, special_tokens, n_sentinels, library_bars, length)
     if kind == "bpe":
         special_tokens = list(special_tokens or [ENDOFTEXT])
-        return _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, show_progress)
+        return _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, library_bars, length)
     special_tokens = list(special_tokens or [ENDOFTEXT, UNK])
     return _train_char(texts, vocab_size, special_tokens)
 
 
-def _nonempty_texts(source) -> Iterator[str]:
-    """The training texts, checked up front: missing files and no text at all are errors."""
+def _source_paths(source) -> list[Path] | None:
+    """The files to read, or None for an iterator of texts."""
     if isinstance(source, (str, os.PathLike)):
         source = [source]
-    if isinstance(source, (list, tuple)):
-        paths = [Path(p) for p in source]
-        for path in paths:
-            if not path.is_file():
-                raise LmforgeError(f"training file {path} does not exist; pass existing text files")
-        texts = itertools.chain.from_iterable(_read_chunks(p) for p in paths)
+    if not isinstance(source, (list, tuple)):
+        return None
+    paths = [Path(p) for p in source]
+    for path in paths:
+        if not path.is_file():
+            raise LmforgeError(f"training file {path} does not exist; pass existing text files")
+    return paths
+
+
+def _reported(texts: Iterator[str], paths: list[Path] | None, what: str) -> Iterator[str]:
+    """The texts, with a bar on stderr of the bytes read, then a line for the part after reading."""
+    total = sum(p.stat().st_size for p in paths) if paths else None
+    with tqdm(total=total, unit="B", unit_scale=True, desc="reading", file=sys.stderr) as bar:
+        for text in texts:
+            bar.update(len(text.encode("utf-8", "replace")))
+            yield text
+    print(f"{what}: learning the vocabulary from what was read (this can take minutes)", file=sys.stderr)
+
+
+def _nonempty_texts(source: list[Path] | Iterator[str]) -> Iterator[str]:
+    """The training texts of checked files or an iterator, checked up front: no text at all is an error."""
+    if isinstance(source, list):
+        texts = itertools.chain.from_iterable(_read_chunks(p) for p in source)
     else:
         texts = iter(source)
     # Peek for the first text with content, so that empty data fails before training, not after.
@@ -106,7 +134,12 @@ def _read_chunks(path: Path) -> Iterator[str]:
 
 
 def _train_byte_level_bpe(
-    texts: Iterator[str], vocab_size: int, special_tokens: list[str], min_frequency: int, show_progress: bool
+    texts: Iterator[str],
+    vocab_size: int,
+    special_tokens: list[str],
+    min_frequency: int,
+    show_progress: bool,
+    length: int | None,
 ) -> Tokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     minimum = len(alphabet) + len(special_tokens)
@@ -127,7 +160,7 @@ def _train_byte_level_bpe(
         initial_alphabet=alphabet,
         show_progress=show_progress,
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend.train_from_iterator(texts, trainer=trainer, length=length)
     return Tokenizer(backend, **_special_roles(backend, special_tokens))
 
 

@@ -32,8 +32,12 @@ def train_unigram(
     special_tokens: list[str] | None,
     n_sentinels: int,
     show_progress: bool,
+    length: int | None = None,
 ) -> Tokenizer:
-    """A T5-style Unigram tokenizer of at most `vocab_size` ids, `n_sentinels` of them sentinels."""
+    """A T5-style Unigram tokenizer of at most `vocab_size` ids, `n_sentinels` of them sentinels.
+
+    length: how many texts there are (about), for the progress bar.
+    """
     special_tokens = list(special_tokens or SPECIAL_TOKENS)
     if UNK not in special_tokens:
         special_tokens.append(UNK)
@@ -53,7 +57,7 @@ def train_unigram(
         unk_token=UNK,
         show_progress=show_progress,
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend.train_from_iterator(texts, trainer=trainer, length=length)
     # Counting down, as T5's vocabulary has them: <extra_id_0> gets the highest id.
     sentinels = [sentinel(i) for i in reversed(range(n_sentinels))]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in sentinels])

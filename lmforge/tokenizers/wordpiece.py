@@ -56,9 +56,10 @@ def read_vocab_txt(path: Path, *, lowercase: bool = True) -> tokenizers.Tokenize
 
 
 def train_wordpiece(
-    texts: Iterator[str], vocab_size: int, min_frequency: int, show_progress: bool
+    texts: Iterator[str], vocab_size: int, min_frequency: int, show_progress: bool, length: int | None = None
 ) -> Tokenizer:
-    """A lowercasing BERT WordPiece tokenizer with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4."""
+    """A lowercasing BERT WordPiece tokenizer with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4 (length: how
+    many texts there are, about, for the progress bar)."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise LmforgeError(
             f"vocabulary size {vocab_size} is too small: WordPiece needs more than its "
@@ -72,7 +73,7 @@ def train_wordpiece(
         continuing_subword_prefix="##",
         show_progress=show_progress,
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend.train_from_iterator(texts, trainer=trainer, length=length)
     backend.post_processor = bert_template(backend)
     # NOTE: BERT has no bos/eos; [SEP] ends segments, and documents are separated by it in pretraining.
     return Tokenizer(
