@@ -292,11 +292,17 @@ def _pieces(doc: str) -> Iterator[tuple[str, bool]]:
     yield doc[start:], True
 
 
+# A one-document corpus keeps at least this many tokens on each side of its split: one window of two
+# tokens and the token after it, the least pretraining can use (lmforge/train/pretrain.py, fit_windows).
+MIN_SPLIT_TOKENS = 3
+
+
 def _split_tail(staging: Path, dtype: np.dtype, val_fraction: float) -> tuple[int, int]:
-    """Move the last val_fraction of train.bin's tokens (at least one) to val.bin; (train, val) counts."""
+    """Move the last val_fraction of train.bin's tokens to val.bin, at least MIN_SPLIT_TOKENS while the
+    training part keeps as many (a tiny corpus is split in half); (train, val) counts."""
     train_path = staging / "train.bin"
     n_tokens = train_path.stat().st_size // dtype.itemsize
-    n_val = min(n_tokens - 1, max(1, round(n_tokens * val_fraction)))
+    n_val = min(n_tokens // 2, max(MIN_SPLIT_TOKENS, round(n_tokens * val_fraction)))
     cut = (n_tokens - n_val) * dtype.itemsize
     np.fromfile(train_path, dtype=dtype, offset=cut).tofile(staging / "val.bin")
     os.truncate(train_path, cut)

@@ -29,15 +29,28 @@ from lmforge.train.loop import TrainConfig, Trainer
 from lmforge.train.tasks import TASKS, get_task
 
 _VALIDATION_NAMES = ("validation", "val", "dev")
+# The peak learning rate when --lr is not given: a full fine-tune's, as BERT's paper tunes in (2e-5 to
+# 5e-5); LoRA's, as the LoRA paper and PEFT users train adapters (1e-4 to 1e-3); seq2seq's higher, as T5
+# is fine-tuned (1e-3), which a small model needs to learn at all. Each was chosen by the runs in
+# tests/train/test_defaults.py (5e-5 on seq2seq scored ROUGE 0; LoRA at 5e-5 stayed at chance).
+DEFAULT_LR = {"full": 5e-5, "lora": 1e-3}
+DEFAULT_TASK_LR = {("seq2seq", "full"): 1e-3}
+DEFAULT_EPOCHS = 3  # the training length when neither --max-steps nor --epochs is given
+
+
+def default_lr(task: str, method: str) -> float:
+    """The peak learning rate of `task` fine-tuned by `method` when --lr is not given."""
+    return DEFAULT_TASK_LR.get((task, method), DEFAULT_LR[method])
 
 
 @dataclass
 class FinetuneConfig(TrainConfig):
     out: str = "runs/finetune"  # the run directory: checkpoints, metrics, the fine-tuned model
-    max_steps: int = 300  # optimizer steps to train for
+    max_steps: int | None = None  # optimizer steps to train for (default: --epochs 3)
+    epochs: float | None = None  # passes over the training rows, instead of --max-steps (default: 3)
     batch_size: int = 16  # rows per micro-batch, per process
-    lr: float = 5e-5  # peak learning rate (AdamW)
-    warmup_steps: int = 30  # linear warmup steps
+    lr: float | None = None  # peak learning rate (AdamW; default: the task's and method's, printed)
+    warmup_steps: int = 30  # linear warmup steps (at most a tenth of --max-steps)
     weight_decay: float = 0.01  # AdamW weight decay (never on norms, biases, embeddings)
     eval_every: int = 100  # score the validation set every N steps
     sample_tokens: int = 0  # unused by fine-tuning
@@ -76,6 +89,8 @@ class FinetuneConfig(TrainConfig):
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
     def __post_init__(self):
+        if self.max_steps is None and self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS
         super().__post_init__()
         if not self.model:
             raise LmforgeError("--model is required: the pretrained checkpoint directory to fine-tune")
@@ -89,6 +104,8 @@ class FinetuneConfig(TrainConfig):
             )
         if self.method not in ("full", "lora"):
             raise LmforgeError(f"unknown --method {self.method!r}; choose full or lora")
+        if self.lr is None:
+            self.lr = default_lr(self.task, self.method)
         if self.method == "lora" and self.fsdp:
             raise LmforgeError("--method lora trains too few weights to shard; drop --fsdp (DDP is used)")
         for name in ("patience", "max_eval_examples"):
@@ -185,6 +202,7 @@ class TaskTrainer(Trainer):
 
     def __init__(self, model, config: FinetuneConfig, *, task, validation: tuple[list, list], **kwargs):
         self.task, self.lora = task, config.method == "lora"
+        self.reports_perplexity = task.is_token_loss
         self.validation = validation  # (examples, features)
         super().__init__(model, config, loss_fn=task.loss, **kwargs)
         self.metric, self.patience = config.metric, config.patience
@@ -278,6 +296,17 @@ def _examples(task, train_file: Path, validation_file: Path | None) -> tuple[lis
     return train, task.read(validation_file)
 
 
+def _schedule_line(config: FinetuneConfig, n_rows: int, world_size: int) -> str:
+    """How long and how fast the run trains, and where the numbers come from."""
+    steps = f"{config.max_steps:,} steps"
+    if config.epochs is not None:
+        global_batch = config.batch_size * config.grad_accum * world_size
+        steps += f" ({config.epochs:g} epochs of {n_rows:,} rows, {global_batch} a step)"
+    is_default = config.lr == default_lr(config.task, config.method)
+    source = f", the {config.task} {config.method} default; --lr sets another" if is_default else ""
+    return f"training for {steps}; peak learning rate {config.lr:g}{source}"
+
+
 def _apply_lora(config: FinetuneConfig, task, model) -> None:
     from lmforge.hf.peft import apply_lora_for_peft
     from lmforge.nn.lora import count_trainable
@@ -323,6 +352,8 @@ def finetune(config: FinetuneConfig) -> dict:
         )
         if config.method == "lora":
             _apply_lora(config, task, model)
+        config.steps_for_epochs(len(train_features), world.size)
+        print0(_schedule_line(config, len(train_features), world.size))
         batches = RowBatches(
             train_features,
             pad_id,

@@ -36,8 +36,16 @@ def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas=(0
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
+# Warmup takes at most this share of a run, so that a short run (--max-steps 10) still reaches its peak rate.
+MAX_WARMUP_FRACTION = 0.1
+
+
 def lr_at(step: int, *, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to `lr` over warmup_steps, then cosine decay to lr * min_lr_ratio at max_steps."""
+    """Linear warmup to `lr`, then cosine decay to lr * min_lr_ratio at max_steps.
+
+    The warmup lasts warmup_steps, capped at MAX_WARMUP_FRACTION of max_steps (at least one step).
+    """
+    warmup_steps = max(1, min(warmup_steps, int(max_steps * MAX_WARMUP_FRACTION)))
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if step >= max_steps:

@@ -49,6 +49,7 @@ class PretrainConfig(TrainConfig):
     objective: str = "clm"  # clm (causal LM: gpt2, llama), mlm (masked LM: bert), span (span corruption: t5)
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the data
     vocab_size: int = 4096  # of the tokenizer trained when none is given
+    val_fraction: float = 0.01  # share of the documents (of a one-document corpus: of its tokens) held out
     glob: str = "*.txt"  # which files to read from directories
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
@@ -89,6 +90,7 @@ def prepared_data_dir(config: PretrainConfig, world: World) -> Path:
         tokenizer=config.tokenizer,
         tokenizer_kind=OBJECTIVES[config.objective].tokenizer_kind,
         vocab_size=config.vocab_size,
+        val_fraction=config.val_fraction,
         seed=config.seed,
     )
     if world.is_main and not _same_prepare(out, wanted):
@@ -183,9 +185,17 @@ def _batches(config: PretrainConfig, tok, train_file, val_file, world: World) ->
     from lmforge.data.tokens import PackedBatches
 
     make, window = _objective_batch(config, tok)
+    train_window, val_window = fit_windows(window, len(train_file), len(val_file))
     packed = functools.partial(PackedBatches, batch_size=config.batch_size, seed=config.seed)
-    train = packed(train_file, window, rank=world.rank, world_size=world.size, grad_accum=config.grad_accum)
-    val = packed(val_file, window)
+    train = packed(
+        train_file, train_window, rank=world.rank, world_size=world.size, grad_accum=config.grad_accum
+    )
+    val = packed(val_file, val_window)
+    config.steps_for_epochs(train.num_windows, world.size)  # --epochs: passes over the training windows
+    if config.epochs is not None:
+        print0(
+            f"{config.epochs:g} epochs of {train.num_windows:,} training windows: {config.max_steps:,} steps"
+        )
     n_eval = min(config.eval_batches * world.size, val.num_windows // val.batch_size)
     if make is None:
         evals = [_as_dict(b) for b in val.eval_batches(max(n_eval, 1))]
@@ -198,6 +208,29 @@ def _batches(config: PretrainConfig, tok, train_file, val_file, world: World) ->
     return _Batches(
         train_batches.batch, evals, functools.partial(sample, tok, evals[0], config.sample_tokens)
     )
+
+
+# The shortest window an objective trains on (span corruption needs two tokens to corrupt one).
+MIN_WINDOW = 2
+
+
+def fit_windows(window: int, n_train: int, n_val: int) -> tuple[int, int]:
+    """(training window, validation window) in raw tokens: `window`, shortened where a split is too small
+    to hold one window of window + 1 tokens, as the seeds' two-sentence corpus is."""
+    for split, n in (("training", n_train), ("validation", n_val)):
+        if n < MIN_WINDOW + 1:
+            raise LmforgeError(
+                f"the corpus is too small: its {split} split has {n} tokens, and pretraining needs at least "
+                f"{MIN_WINDOW + 1} in each split ({2 * MIN_WINDOW + 2} in all); add text"
+                + (", or raise --val-fraction" if split == "validation" else "")
+            )
+    fitted = min(window, n_train - 1), min(window, n_val - 1)
+    if fitted != (window, window):
+        print0(
+            f"the corpus is small ({n_train:,} training and {n_val:,} validation tokens): windows of "
+            f"{fitted[0]} training and {fitted[1]} validation tokens instead of {window}"
+        )
+    return fitted
 
 
 def _objective_batch(config: PretrainConfig, tok):
