@@ -115,8 +115,24 @@ def _n_targets(batch: dict) -> torch.Tensor | int:
     return len(batch["input_ids"])
 
 
+def count_input_tokens(micro_batches: list[dict], world: World) -> int:
+    """The real (unpadded) input tokens of the global batch, which `tokens_per_s` counts for every task.
+
+    NOTE: not the loss's normaliser (_n_targets), which is one per row for classification and QA.
+    """
+    local = sum(
+        b["attention_mask"].sum() if "attention_mask" in b else b["input_ids"].numel() for b in micro_batches
+    )
+    local = torch.as_tensor(local, dtype=torch.float64, device=world.device)
+    return int(all_reduce_sum(local, world).item())
+
+
 class Trainer:
     """Runs `config.max_steps` optimizer steps of `loss_fn` over `train_batch(step, micro)` batches."""
+
+    # The validation loss is a mean token cross-entropy, so exp(val_loss) is a perplexity (val_ppl);
+    # a subclass whose loss is per example (classification, QA) sets it False.
+    reports_perplexity = True
 
     def __init__(
         self,
@@ -290,14 +306,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [self._to_device(self.train_batch(step, m)) for m in range(cfg.grad_accum)]
-        loss, n_tokens = accumulate_gradients(
+        loss, _ = accumulate_gradients(
             self.model, micro, self.loss_fn, self.world, self.autocast, self.scaler
         )
+        n_inputs = count_input_tokens(micro, self.world)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         loss, grad_norm = loss.item(), float(grad_norm)
-        row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens.item()}
+        row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_inputs}
         if self.scaler is not None and math.isfinite(loss):
             # An overflow only means the scale was too high: GradScaler skips the step and lowers it.
             self.scaler.step(self.optimizer)
@@ -341,6 +358,8 @@ class Trainer:
         self.model.train()
         loss_sum, count = all_reduce_sum(loss_sum, self.world), all_reduce_sum(count, self.world)
         val_loss = (loss_sum / count.clamp(min=1)).item()
+        if not self.reports_perplexity:
+            return {"val_loss": val_loss}
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
 
     def _sample(self, bar, step: int) -> None:

@@ -1,7 +1,8 @@
 """The training metrics log: one JSON object per optimizer step in OUT/metrics.jsonl (JSON Lines).
 
-Each row has at least "step" and "loss"; the loop adds "lr", "grad_norm", "tokens_per_s",
-"elapsed_s", and evaluation steps add "val_loss" and "val_ppl". Every row is flushed as it is
+Each row has at least "step" and "loss"; the loop adds "lr", "grad_norm", "tokens_per_s" (real input
+tokens, padding excluded, for every task), "elapsed_s", and evaluation steps add "val_loss" and, where
+the loss is per token (not for classification or QA), "val_ppl". Every row is flushed as it is
 written, so a killed run loses at most the line it was writing, and `read_metrics` skips such a
 truncated last line. Floats are written with Python's shortest round-trip repr, so they read back
 bit-identical; a NaN or infinite loss is written as `NaN`/`Infinity` (Python's JSON extension),

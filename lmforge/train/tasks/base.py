@@ -29,6 +29,9 @@ class FinetuneTask:
         ".json",
     )  # data file types, in order of preference
     lora_targets: ClassVar[str] = "q_proj,v_proj"  # the default --lora-targets
+    # The loss is a mean over predicted tokens, so exp(val_loss) is a perplexity, logged as val_ppl; a
+    # per-example loss (a label, an answer span) has none.
+    is_token_loss: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

@@ -26,6 +26,7 @@ class InstructTask(FinetuneTask):
     metrics = ("val_loss", "rougeL", "rouge1", "rouge2", "bleu")
     lower_is_better = frozenset({"val_loss"})
     suffixes = (".jsonl", ".json")
+    is_token_loss = True
 
     def read(self, path: Path) -> list:
         from lmforge.data.tasks import read_instructions

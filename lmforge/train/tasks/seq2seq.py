@@ -33,6 +33,7 @@ class Seq2SeqTask(FinetuneTask):
     metrics = ("rougeL", "rouge1", "rouge2", "bleu", "val_loss")
     lower_is_better = frozenset({"val_loss"})
     suffixes = (".jsonl", ".json")
+    is_token_loss = True
     max_seq_len: int | None = None  # the model's, once it is loaded: generation refuses longer sources
     decoder_only = False  # a GPT-2 or Llama, trained on prompt + completion; known once the model is loaded
 
