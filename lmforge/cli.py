@@ -51,12 +51,16 @@ def cmd_generate(args) -> None:
     model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
     tok = lmforge.load_tokenizer(args.model)
     timings: dict = {}
+    # --echo: the prompt, then its continuation, as a transformers pipeline's full text; a chat reply is
+    # a turn of its own, on the next line.
+    echoed = (prompt + ("\n" if args.chat else "")) if args.echo else ""
     if args.stream:
+        print(echoed, end="", flush=True)
         for piece in lmforge.generate(model, tok, prompt, gen, stream=True, chat=args.chat, timings=timings):
             print(piece, end="", flush=True)
         print()
     else:
-        print(lmforge.generate(model, tok, prompt, gen, chat=args.chat, timings=timings))
+        print(echoed + lmforge.generate(model, tok, prompt, gen, chat=args.chat, timings=timings))
     if args.bench:
         ttft, rate = timings.get("ttft_s"), timings.get("decode_tokens_per_s")
         print(
@@ -205,17 +209,21 @@ def cmd_evaluate(args) -> None:
     config = cfg.build(FinetuneConfig, args)
     metrics = get_task(config.task)(config).evaluate(Path(args.data))
     print(format_table({k: v for k, v in metrics.items() if isinstance(v, int | float)}))
-    out = Path(args.metrics_out) if args.metrics_out else Path(args.model) / "metrics.json"
+    # Beside the fine-tuning run's own metrics.json, never over it: one file per evaluated data file.
+    out = Path(args.metrics_out or Path(args.model) / f"eval-{Path(args.data).stem}.json")
     write_metrics(metrics, out)
     print(f"metrics in {out}")
 
 
 def cmd_classify(args) -> None:
-    from lmforge.train.tasks.classification import classify_texts
+    from lmforge.train.tasks.classification import label_scores
 
     texts = _read_texts(args.input, "input")
-    for label in classify_texts(args.model, texts, max_length=args.max_length, batch_size=args.batch_size):
-        print(label)
+    for ranked in label_scores(args.model, texts, max_length=args.max_length, batch_size=args.batch_size):
+        if args.all_scores or args.probs:
+            print("\t".join(f"{label}\t{p:.4f}" for label, p in (ranked if args.all_scores else ranked[:1])))
+        else:
+            print(ranked[0][0])
 
 
 def cmd_answer(args) -> None:
@@ -262,6 +270,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory (lmforge or Hugging Face)")
     p.add_argument("--prompt", required=True, help="the text to continue ('-' reads standard input)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--echo",
+        action="store_true",
+        help="print the prompt before its continuation (with --chat: the reply on the next line)",
+    )
     p.add_argument(
         "--chat", action="store_true", help="the prompt is a user's message: write it with the chat template"
     )
@@ -353,7 +366,10 @@ def _add_finetune_verbs(verbs) -> None:
     p = verbs.add_parser("evaluate", help="print a fine-tuned model's task metrics on a labelled file")
     p.add_argument("--data", required=True, help="a labelled data file of the task's format")
     p.add_argument(
-        "--out", dest="metrics_out", help="the metrics JSON file to write (default: MODEL/metrics.json)"
+        "--out",
+        dest="metrics_out",
+        help="the metrics JSON file to write (default: MODEL/eval-STEM.json, STEM the --data file's name "
+        "without its suffix; the run's own MODEL/metrics.json is left as it is)",
     )
     kept = {"model", "task", "max_length", "batch_size", "device", *EVALUATE_FLAGS}
     cfg.add_arguments(
@@ -372,6 +388,14 @@ def _add_finetune_verbs(verbs) -> None:
     p.add_argument("--input", required=True, help="a text file, one text per line")
     p.add_argument("--max-length", type=int, default=512, help="tokens per text (default: 512)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--probs", action="store_true", help="print each label's probability after it: LABEL<tab>PROBABILITY"
+    )
+    p.add_argument(
+        "--all-scores",
+        action="store_true",
+        help="print every label with its probability, the most probable first: LABEL<tab>PROBABILITY<tab>...",
+    )
     p.set_defaults(func=cmd_classify)
 
     p = verbs.add_parser(

@@ -78,6 +78,15 @@ def test_generate_prints_the_continuation_and_stream_prints_the_same(checkpoint)
     assert len(full.stdout) > 1
 
 
+def test_generate_echo_prints_the_prompt_then_the_same_continuation(checkpoint):
+    args = ["generate", "--model", checkpoint, "--prompt", "def ", "--max-new-tokens", 20, "--temperature", 0]
+    plain, echoed, streamed = lmforge(*args), lmforge(*args, "--echo"), lmforge(*args, "--echo", "--stream")
+    for result in (plain, echoed, streamed):
+        assert result.returncode == 0, result.stderr
+    assert echoed.stdout == "def " + plain.stdout
+    assert streamed.stdout == echoed.stdout
+
+
 def test_generate_with_a_seed_is_reproducible_and_reads_the_prompt_from_stdin(checkpoint):
     args = [
         "generate",

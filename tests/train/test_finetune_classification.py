@@ -123,6 +123,42 @@ def test_evaluate_and_classify(trained, setup):
     assert result.stdout.split() == ["space", "sport"]
 
 
+def test_evaluate_writes_beside_the_runs_own_metrics(trained, setup):
+    """Without --out, evaluate writes MODEL/eval-STEM.json and leaves the run's metrics.json as it was."""
+    out, _ = trained
+    _, _, data = setup
+    before = (out / "metrics.json").read_bytes()
+    args = ("evaluate", "--model", out, "--task", "classification", "--data", data / "validation.csv")
+    result = run_lmforge(*args)
+    assert result.returncode == 0, result.stderr
+    assert (out / "metrics.json").read_bytes() == before
+    written = out / "eval-validation.json"
+    assert f"metrics in {written}" in result.stdout
+    assert json.loads(written.read_text()) == json.loads(before)  # the same model on the same data
+
+
+def test_classify_prints_probabilities_when_asked(trained, setup):
+    out, _ = trained
+    root, _, _ = setup
+    lines = root / "probs.txt"
+    lines.write_text("the rocket was in orbit of the planet\nthe referee was at the stadium for the match\n")
+    plain = run_lmforge("classify", "--model", out, "--input", lines)
+    probs = run_lmforge("classify", "--model", out, "--input", lines, "--probs")
+    every = run_lmforge("classify", "--model", out, "--input", lines, "--all-scores")
+    for result in (plain, probs, every):
+        assert result.returncode == 0, result.stderr
+    assert plain.stdout == "space\nsport\n"  # the default output is the labels alone
+    rows = [line.split("\t") for line in probs.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["space", "sport"] and all(len(row) == 2 for row in rows)
+    assert all(1 / 3 < float(row[1]) <= 1 for row in rows)  # the top of three labels
+    for line, top in zip(every.stdout.splitlines(), rows):
+        fields = line.split("\t")
+        labels, scores = fields[0::2], [float(x) for x in fields[1::2]]
+        assert fields[:2] == top  # the same top label and score, then the others
+        assert sorted(labels) == ["cooking", "space", "sport"]
+        assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=2e-4)
+
+
 def test_bad_inputs_exit_2_with_one_line(setup, trained):
     root, base, data = setup
     assert_one_line_error(

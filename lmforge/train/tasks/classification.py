@@ -127,21 +127,27 @@ def label_metrics(predicted: list[int], gold: list[int], label_names: list[str])
     return compute_metrics("classification", *names, labels=label_names)
 
 
-@torch.no_grad()
 def predict(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> list[int]:
     """The predicted label id of each feature row."""
+    return predict_logits(model, features, pad_id, batch_size).argmax(-1).tolist()
+
+
+@torch.no_grad()
+def predict_logits(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> torch.Tensor:
+    """(N, num_labels) float32 logits of the feature rows, on the CPU."""
     from lmforge.data.tasks import pad_batch
 
     was_training = model.training
     model.eval()
-    predicted = []
+    logits = []
     device = next(model.parameters()).device
     for i in range(0, len(features), batch_size):
         batch = {k: v.to(device) for k, v in pad_batch(features[i : i + batch_size], pad_id).items()}
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        predicted += logits.argmax(-1).tolist()
+        logits.append(
+            model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float().cpu()
+        )
     model.train(was_training)
-    return predicted
+    return torch.cat(logits) if logits else torch.zeros(0, model.labels.num_labels)
 
 
 def load_trained_classifier(path: str, device=None):
@@ -191,6 +197,18 @@ def classify_texts(
     model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
 ) -> list[str]:
     """The predicted label name of each text."""
+    ranked = label_scores(model_dir, texts, max_length=max_length, batch_size=batch_size)
+    return [labels[0][0] for labels in ranked]
+
+
+def label_scores(
+    model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
+) -> list[list[tuple[str, float]]]:
+    """Each text's (label name, probability) pairs, the most probable (the prediction) first.
+
+    The probabilities are the softmax of the logits, as a `transformers` text-classification pipeline's
+    scores; the order is the logits' (ties keep the label order, as argmax does).
+    """
     model, tok = load_trained_classifier(model_dir)
     features = []
     for i in range(0, len(texts), batch_size):
@@ -198,4 +216,7 @@ def classify_texts(
         for j, mask in enumerate(enc["attention_mask"]):
             n = sum(mask)
             features.append({k: enc[k][j][:n] for k in ("input_ids", "token_type_ids", "attention_mask")})
-    return [model.labels.id2label[i] for i in predict(model, features, model.config.pad_token_id, batch_size)]
+    logits = predict_logits(model, features, model.config.pad_token_id, batch_size)
+    probs, order = logits.softmax(-1), logits.argsort(dim=-1, descending=True, stable=True)
+    names = model.labels.id2label
+    return [[(names[i], probs[row, i].item()) for i in order[row].tolist()] for row in range(len(features))]
