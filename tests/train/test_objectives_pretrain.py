@@ -132,9 +132,10 @@ def test_resumed_mlm_run_repeats_the_uninterrupted_one_bit_for_bit(tmp_path, mlm
     data = mlm_run[0] / "data"  # prepared once, by the fixture's run
     args = ["pretrain", "--data", data, *COMMON, "--objective", "mlm", "--preset", "bert-tiny"]
     args += ["--eval-every", 5, "--save-every", 10, "--sample-tokens", 0]
-    # Every step in warmup: the learning rate does not depend on --max-steps, so 10 steps then 10
-    # more follow the schedule of 20 straight ones.
-    args += ["--warmup-steps", 20]
+    # A constant rate after one warmup step (warmup is capped at a tenth of --max-steps, the cosine
+    # decays to lr * 1.0): the schedule does not depend on --max-steps, so 10 steps then 10 more
+    # follow the schedule of 20 straight ones.
+    args += ["--warmup-steps", 1, "--min-lr-ratio", 1.0]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run(*args, "--max-steps", 20, "--out", straight).returncode == 0
     assert run(*args, "--max-steps", 10, "--out", resumed).returncode == 0
