@@ -1,0 +1,144 @@
+"""Fine-tuning with every training option at its default learns: LoRA on the real all-MiniLM-L6-v2 on
+an easy sentiment set, in float32 and in bf16, and a tiny T5 on a small word-translation set. Only the
+data, the output directory, the precision and (for seq2seq) the task's source prefix are given."""
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+from lmforge_cli import run_lmforge
+from test_finetune_seq2seq import PREFIX, _pairs, _splits, _write_jsonl
+
+from lmforge.eval.metrics import compute_metrics
+from lmforge.models import build_model, get_preset
+from lmforge.tokenizers import train_tokenizer
+
+POSITIVE = {
+    "adj": ["great", "wonderful", "excellent", "delightful", "superb", "lovely", "brilliant", "fantastic"],
+    "verb": ["loved", "enjoyed", "adored", "liked", "admired"],
+    "end": [
+        "I would watch it again",
+        "highly recommended",
+        "a joy from start to finish",
+        "worth every minute",
+    ],
+}
+NEGATIVE = {
+    "adj": ["awful", "terrible", "boring", "dreadful", "horrible", "dull", "tedious", "disappointing"],
+    "verb": ["hated", "disliked", "regretted", "despised", "loathed"],
+    "end": ["I want my money back", "avoid it", "a waste of time", "I walked out early"],
+}
+NOUNS = [
+    "film",
+    "movie",
+    "plot",
+    "cast",
+    "soundtrack",
+    "ending",
+    "script",
+    "story",
+    "acting",
+    "show",
+    "sequel",
+]
+TEMPLATES = [
+    "The {noun} was {adj}.",
+    "I {verb} this {noun}.",
+    "What a {adj} {noun}!",
+    "A {adj} {noun}; {end}.",
+    "Honestly, the {noun} felt {adj}.",
+    "I {verb} the {noun}, {end}.",
+    "{adj} {noun} and a {adj2} {noun2}.",
+    "We {verb} it: the {noun} is {adj}.",
+]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """n distinct reviews, half positive and half negative in a seeded order, from templates and word lists."""
+    rng, seen, rows = random.Random(seed), set(), []
+    while len(rows) < n:
+        label = rng.choice(["positive", "negative"])
+        words = POSITIVE if label == "positive" else NEGATIVE
+        adj, adj2 = rng.sample(words["adj"], 2)
+        noun, noun2 = rng.sample(NOUNS, 2)
+        text = rng.choice(TEMPLATES).format(
+            noun=noun,
+            noun2=noun2,
+            adj=adj,
+            adj2=adj2,
+            verb=rng.choice(words["verb"]),
+            end=rng.choice(words["end"]),
+        )
+        text = text[0].upper() + text[1:]
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    """train.csv (300 rows) and validation.csv (100 rows, none of them a training text)."""
+    data = tmp_path_factory.mktemp("sentiment")
+    rows = sentiment_rows(400)
+    for name, part in (("train", rows[:300]), ("validation", rows[300:])):
+        with open(data / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["text", "label"])
+            writer.writeheader()
+            writer.writerows(part)
+    return data
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_lora_on_minilm_learns_with_default_options(minilm_path, sentiment, tmp_path, precision):
+    out = tmp_path / "run"
+    flags = ("--data", sentiment, "--out", out, "--precision", precision, "--no-progress")
+    result = run_lmforge(
+        "finetune", "--task", "classification", "--method", "lora", "--model", minilm_path, *flags
+    )
+    assert result.returncode == 0, result.stderr
+    assert "peak learning rate 0.001, the classification lora default" in result.stdout
+    assert "3 epochs of 300 rows" in result.stdout
+    accuracy = json.loads((out / "metrics.json").read_text())["accuracy"]
+    print(f"{precision}: held-out accuracy {accuracy:.3f}")
+    assert accuracy >= 0.9
+
+
+def test_seq2seq_learns_with_default_options(tmp_path):
+    # The "pretrained" model and tokenizer of test_finetune_seq2seq.py: a tiny random T5.
+    texts = [PREFIX + r["source"] + " " + r["target"] for r in _pairs()]
+    tok = train_tokenizer(iter(texts), vocab_size=320, kind="bpe", special_tokens=["<pad>", "</s>", "<unk>"])
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    build_model(get_preset("t5-tiny", vocab_size=tok.vocab_size, max_seq_len=64)).save_pretrained(base)
+    tok.save_pretrained(base)
+    data = tmp_path / "data"
+    data.mkdir()
+    train, validation = _splits()
+    _write_jsonl(data / "train.jsonl", train)
+    _write_jsonl(data / "validation.jsonl", validation)
+    out = tmp_path / "run"
+    flags = (
+        "--data",
+        data,
+        "--out",
+        out,
+        "--source-prefix",
+        PREFIX,
+        "--precision",
+        "float32",
+        "--no-progress",
+    )
+    result = run_lmforge("finetune", "--task", "seq2seq", "--model", base, *flags)
+    assert result.returncode == 0, result.stderr
+    assert "peak learning rate 0.001, the seq2seq full default" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    copied = compute_metrics(
+        "seq2seq", [PREFIX + r["source"] for r in validation], [r["target"] for r in validation]
+    )
+    print(
+        f"rougeL {metrics['rougeL']:.3f}, bleu {metrics['bleu']:.1f} (copying the source: {copied['rougeL']})"
+    )
+    assert metrics["rougeL"] > 0.8 and metrics["bleu"] > 50
