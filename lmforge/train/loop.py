@@ -61,7 +61,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.max_steps is not None and self.epochs is not None:
             raise LmforgeError(
-                f"pass --max-steps or --epochs, not both (got {self.max_steps} steps and {self.epochs} epochs)"
+                f"pass --max-steps or --epochs, not both (got {self.max_steps} steps and {self.epochs} "
+                "epochs, from flags or recipe keys)"
             )
         if self.max_steps is None and self.epochs is None:
             self.max_steps = 1000
