@@ -50,7 +50,7 @@ class FinetuneConfig(TrainConfig):
     max_steps: int | None = None  # optimizer steps to train for (default: --epochs 3)
     epochs: float | None = None  # passes over the training rows, instead of --max-steps (default: 3)
     batch_size: int = 16  # rows per micro-batch, per process
-    lr: float | None = None  # peak learning rate (AdamW; default: the task's and method's, printed)
+    lr: float | None = None  # peak learning rate (AdamW; default: 5e-5, or 1e-3 for LoRA and for seq2seq)
     warmup_steps: int = 30  # linear warmup steps (at most a tenth of --max-steps)
     weight_decay: float = 0.01  # AdamW weight decay (never on norms, biases, embeddings)
     eval_every: int = 100  # score the validation set every N steps
