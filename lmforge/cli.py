@@ -24,7 +24,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, or auto")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 (the default, or $LMFORGE_PRECISION where set), bfloat16, float16, or auto (the fastest here)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
 
 

@@ -11,6 +11,9 @@ from lmforge.tokenizers import train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` would measure this CPU: the suite runs in float32 on every machine, and CI runs its fast
+# subset a second time with LMFORGE_PRECISION=bfloat16 (.ci/run).
+os.environ.setdefault("LMFORGE_PRECISION", "float32")
 torch.set_num_threads(1)
 
 

@@ -2,6 +2,8 @@
 training with evaluation and samples, a bitwise resume, and generation from the result with the static
 KV cache, for a tiny GPT-2, a tiny Llama, a BERT (masked LM) and a T5 (span corruption)."""
 
+import json
+import math
 import random
 
 import pytest
@@ -126,3 +128,31 @@ def test_a_bf16_model_generates_with_the_static_cache(tmp_path, prepared, preset
         autocast = lmforge.generate(model32, tok, "def value", **greedy)
         assert autocast == lmforge.generate(model32, tok, "def value", use_cache=False, **greedy)
         assert isinstance(lmforge.generate(model32, tok, "def", max_new_tokens=6, num_beams=3), str)
+
+
+def test_float16_scales_the_loss_and_resumes_the_scaler_bit_for_bit(tmp_path, prepared, monkeypatch):
+    """CUDA's float16 path, run on the CPU: a GradScaler scales the loss, an overflowing step is skipped
+    (not fatal), and its state is in the checkpoint, so a resumed run equals an uninterrupted one."""
+    from lmforge.device import Precision
+    from lmforge.train import loop
+
+    forced = Precision(torch.float16, "CUDA's float16 path, forced on the CPU for this test")
+    monkeypatch.setattr(loop, "choose_precision", lambda *args, **kwargs: forced)
+    data = prepared["clm"]
+    whole = _pretrain(tmp_path / "whole", data, "tiny", "clm", 4)
+    _pretrain(tmp_path / "cut", data, "tiny", "clm", 2)
+    resumed = _pretrain(tmp_path / "cut", data, "tiny", "clm", 4, resume=True)
+    assert resumed["loss"] == whole["loss"]
+    state = json.loads(
+        (tmp_path / "cut" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text()
+    )
+    assert state["precision"] == "float16" and state["grad_scaler"]["scale"] > 0
+    losses = [
+        {r["step"]: r["loss"] for r in read_metrics(tmp_path / d / "metrics.jsonl")} for d in ("whole", "cut")
+    ]
+    assert losses[0] == losses[1] and all(math.isfinite(v) for v in losses[0].values())
+    a, b = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "cut" / "model.safetensors"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -196,3 +196,19 @@ def test_a_decoder_only_model_learns_the_pairs_as_prompt_and_completion(setup):
 
 
 DECODER_STEPS = 250  # rougeL 1.0 at base seeds 0-3; 150 steps was marginal (0.80)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_few_steps_under_bf16_autocast(setup, method):
+    """bf16 autocast on any CPU: training, validation scoring and the saved model."""
+    root, base, data = setup
+    out = root / f"bf16-{method}"
+    result = run_lmforge(
+        "finetune", "--task", "seq2seq", "--model", base, "--data", data, "--out", out, "--method", method,
+        "--max-steps", 4, "--eval-every", 2, "--batch-size", 8, "--lr", 1e-3, "--warmup-steps", 1,
+        *FLAGS[:-2], "--precision", "bfloat16", "--no-progress", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "precision: bfloat16 (asked for)" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rougeL"] >= 0

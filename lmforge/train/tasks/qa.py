@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmforge.device import default_device
+from lmforge.device import default_device, resolve_dtype
 from lmforge.errors import LmforgeError
 from lmforge.train.tasks.base import FinetuneTask
 
@@ -118,7 +118,8 @@ def load_trained_span_model(path: str, device=None):
     import lmforge
     from lmforge.models import SpanQA
 
-    model = lmforge.load_model(path, device=device or default_device())
+    device = device or default_device()
+    model = lmforge.load_model(path, dtype=resolve_dtype(None, device), device=device)
     if not isinstance(model, SpanQA):
         raise LmforgeError(
             f"{path} is not a question-answering model ({type(model).__name__}); "
