@@ -1,5 +1,7 @@
 """Hugging Face checkpoints load in lmforge with identical logits, and lmforge's saves load in transformers."""
 
+import json
+
 import pytest
 import torch
 from conftest import _quiet_transformers, make_hf_gpt2, make_hf_llama
@@ -89,3 +91,36 @@ def test_bfloat16_load(tmp_path):
     model = load_model(tmp_path / "hf", dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert model(torch.randint(0, 101, (1, 8))).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("preset", ["tiny", "llama-tiny", "bert-tiny", "t5-tiny"])
+def test_a_checkpoint_stored_in_half_precision_round_trips(tmp_path, preset, stored):
+    """Saved in bf16 or fp16 (config torch_dtype says so), every family reopens in lmforge, in float32
+    by default or in the stored dtype, with the stored weights exactly; transformers opens it too."""
+    from lmforge.models import build_model, get_preset
+
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, max_seq_len=32)).eval().to(stored)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == str(stored).removeprefix(
+        "torch."
+    )
+    as_float32, as_stored = load_model(tmp_path), load_model(tmp_path, dtype=stored)
+    assert as_float32.dtype == torch.float32 and as_stored.dtype == stored
+    for (name, a), b, c in zip(
+        model.state_dict().items(), as_stored.state_dict().values(), as_float32.state_dict().values()
+    ):
+        assert torch.equal(a, b) and torch.equal(a.float(), c), name
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        if preset == "t5-tiny":
+            out = as_stored(ids, decoder_input_ids=ids[:, :3])
+        else:
+            out = as_stored(ids)
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.dtype == stored and torch.isfinite(out.float()).all()
+    if preset in ("tiny", "llama-tiny"):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype="auto")
+        assert hf.dtype == stored
