@@ -151,3 +151,16 @@ def test_decoder_only_models_and_bad_arguments_are_refused(tiny):
         lmforge.embed(model, tok, ["hi"], pooling="max")
     with pytest.raises(LmforgeError, match="batch size"):
         lmforge.embed(model, tok, ["hi"], batch_size=0)
+
+
+def test_bf16_embeddings_are_close_to_float32(tiny):
+    """bf16 weights (what `lmforge embed --dtype bfloat16` loads) and bf16 autocast both give unit vectors
+    pointing where float32's do."""
+    model, tok, path = tiny
+    exact = lmforge.embed(model, tok, SENTENCES)
+    half = lmforge.embed(lmforge.load_model(path, dtype=torch.bfloat16), tok, SENTENCES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = lmforge.embed(model, tok, SENTENCES)
+    for got in (half, autocast):
+        assert got.dtype == torch.float32 or got.dtype == torch.bfloat16
+        assert torch.nn.functional.cosine_similarity(got.float(), exact, dim=-1).min() > 0.99

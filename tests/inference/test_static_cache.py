@@ -138,3 +138,26 @@ def test_timings_count_every_new_token():
     assert timings["new_tokens"] == 12
     assert 0 < timings["ttft_s"] < timings["total_s"]
     assert timings["decode_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("where", ["bf16 weights", "bf16 autocast"])
+def test_compiled_and_static_decode_in_bf16(model, where, eager_backend):
+    """In bf16 (weights, or float32 weights under autocast) the static cache and the compiled step
+    decode the tokens that recomputing every step gives."""
+    import contextlib
+    import copy
+
+    subject = copy.deepcopy(model).to(torch.bfloat16) if where == "bf16 weights" else model
+    context = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if where == "bf16 autocast" else contextlib.nullcontext()
+    )
+    prompts = left_padded_prompts(3, model.config.vocab_size)
+
+    def run(**options):
+        config = GenerationConfig(max_new_tokens=N_STEPS, temperature=0.0, **options)
+        with context:
+            return list(generate_ids(subject, prompts, config))
+
+    recomputed = run(use_cache=False)
+    assert run() == recomputed
+    assert run(use_compile=True) == recomputed
