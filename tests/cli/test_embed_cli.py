@@ -10,6 +10,7 @@ import torch
 from test_cli import assert_usage_error, lmforge
 
 import lmforge as lf
+from lmforge.device import resolve_dtype
 from lmforge.models import build_model, get_preset
 
 CORPUS = [
@@ -43,7 +44,9 @@ def test_embed_writes_the_library_vectors(encoder, tmp_path):
     assert "4 texts" in r.stdout and "64 dimensions" in r.stdout
     vectors = np.load(tmp_path / "v.npy")
     assert vectors.shape == (4, 64) and vectors.dtype == np.float32
-    expected = lf.embed(lf.load_model(model_dir), lf.load_tokenizer(model_dir), CORPUS)
+    expected = lf.embed(
+        lf.load_model(model_dir, dtype=resolve_dtype(None)), lf.load_tokenizer(model_dir), CORPUS
+    )
     assert np.allclose(vectors, expected.numpy(), atol=1e-5)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
@@ -53,7 +56,11 @@ def test_embed_pooling_and_no_normalize(encoder, tmp_path):
     args = ["embed", "--model", model_dir, "--input", corpus, "--pooling", "cls", "--no-normalize"]
     assert lmforge(*args, "--out", tmp_path / "v.npy").returncode == 0
     expected = lf.embed(
-        lf.load_model(model_dir), lf.load_tokenizer(model_dir), CORPUS, pooling="cls", normalize=False
+        lf.load_model(model_dir, dtype=resolve_dtype(None)),
+        lf.load_tokenizer(model_dir),
+        CORPUS,
+        pooling="cls",
+        normalize=False,
     )
     assert np.allclose(np.load(tmp_path / "v.npy"), expected.numpy(), atol=1e-5)
 

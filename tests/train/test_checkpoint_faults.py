@@ -34,6 +34,9 @@ def _run_with_file_size_limit(limit: int, *args) -> subprocess.CompletedProcess:
 def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, data_dir):  # noqa: F811
     out = tmp_path / "run"
     args = ["pretrain", *COMMON, "--data", data_dir, "--out", out, "--save-every", "4"]
+    # A constant rate after one warmup step: a run stopped at 4 of 4 steps and extended to 8 follows
+    # the schedule of a run of 8 (warmup is capped at a tenth of --max-steps, cosine spans it).
+    args += ["--warmup-steps", "1", "--min-lr-ratio", "1"]
     first = run(*args, "--max-steps", "4")
     assert first.returncode == 0, first.stderr
     previous = out / "checkpoints" / "step-00000004"
