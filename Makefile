@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench bench-quick clean
+.PHONY: install test test-bf16 demo lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -n 2 tests
+
+# The fast tests again with bf16 forced on every command (LMFORGE_PRECISION replaces `auto`), so the
+# bf16 paths run on every machine, emulated where the CPU has no bf16 (slow, but fine at tiny sizes).
+BF16_TESTS := tests/inference tests/models tests/nn tests/hf tests/cli tests/eval tests/data tests/tokenizers \
+	tests/test_device.py tests/test_configs.py tests/train/test_bf16_pretrain.py tests/train/test_accumulation.py \
+	tests/train/test_defaults.py tests/train/test_objectives_pretrain.py tests/train/test_metrics.py
+test-bf16: install
+	LMFORGE_PRECISION=bfloat16 $(BIN)/python -m pytest -n 2 $(BF16_TESTS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -185,7 +185,7 @@ def cmd_pretrain(args) -> None:
         print(f"finished at step {row['step']}: {summary}; model in {config.out}")
     else:
         print(
-            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
+            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps (or --epochs) to train further"
         )
 
 
@@ -198,7 +198,7 @@ def cmd_finetune(args) -> None:
     metrics = finetune(config)
     if not metrics:
         print(
-            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps to train further"
+            f"{config.out} has already trained to step {config.max_steps}; raise --max-steps (or --epochs) to train further"
         )
         return
     print(format_table({k: v for k, v in metrics.items() if k in get_task(config.task).metrics}))

@@ -109,9 +109,13 @@ def build(cls, args: argparse.Namespace | None = None, recipe: dict | None = Non
         if key not in names:
             raise LmforgeError(f"unknown recipe key {key!r}; valid keys: {', '.join(sorted(names))}")
         values[key] = value
-    if args is not None:
-        values.update({k: v for k, v in vars(args).items() if k in names})
-    values.update(overrides)
+    flags = {k: v for k, v in vars(args).items() if k in names} if args is not None else {}
+    flags.update(overrides)
+    for group in getattr(cls, "ALTERNATIVES", ()):  # `--epochs 2` over a recipe's max_steps
+        if any(k in flags for k in group):
+            for k in group:
+                values.pop(k, None)
+    values.update(flags)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

@@ -31,6 +31,9 @@ from lmforge.train.optim import lr_at, make_optimizer
 
 @dataclass
 class TrainConfig:
+    # Fields that say the same thing two ways: a flag for one replaces a recipe's key for the other.
+    ALTERNATIVES = (("max_steps", "epochs"),)
+
     out: str = "runs/lm"  # the run directory: checkpoints, metrics.jsonl, loss.png, the final model
     max_steps: int | None = None  # optimizer steps to train for (default: 1000, unless --epochs is given)
     epochs: float | None = None  # passes over the training data, instead of --max-steps (0.5: half of one)

@@ -60,6 +60,21 @@ def test_max_steps_or_epochs_not_both():
     assert TrainConfig().max_steps == 1000 and PretrainConfig().epochs is None
 
 
+def test_a_flag_for_one_length_replaces_the_recipes_other():
+    """`--config demo.toml --epochs 2`: the flag's epochs replace the recipe's max_steps (both in flags
+    or both in the recipe is still an error)."""
+    import argparse
+
+    from lmforge import config as cfg
+
+    recipe = {"max_steps": 600, "lr": 2e-3}
+    built = cfg.build(PretrainConfig, argparse.Namespace(epochs=2.0), recipe)
+    assert (built.epochs, built.max_steps, built.lr) == (2.0, None, 2e-3)
+    assert cfg.build(PretrainConfig, argparse.Namespace(max_steps=7), {"epochs": 1.0}).max_steps == 7
+    with pytest.raises(LmforgeError, match="not both"):
+        cfg.build(PretrainConfig, argparse.Namespace(), {"max_steps": 5, "epochs": 1.0})
+
+
 def test_finetune_defaults_by_task_and_method():
     full, lora = FinetuneConfig(model="m"), FinetuneConfig(model="m", method="lora")
     assert full.lr == default_lr("classification", "full") == 5e-5
