@@ -34,7 +34,7 @@ lint: install
 # Pretrain the `demo` preset on the built-in corpus (configs/demo.toml), then generate from the result.
 demo: install
 	$(BIN)/lmforge pretrain --config configs/demo.toml
-	$(BIN)/lmforge generate --model runs/demo --prompt "class Stack:" --max-new-tokens 200 --temperature 0.6 --top-k 40 --seed 0
+	$(BIN)/lmforge generate --model runs/demo --prompt "class Stack:" --echo --max-new-tokens 200 --temperature 0.6 --top-k 40 --seed 0
 
 bench: install
 	$(BIN)/python -m bench

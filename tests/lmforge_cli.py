@@ -21,3 +21,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def finetune_under_bf16(task: str, base, data, out, method: str, *flags) -> dict:
+    """`lmforge finetune` for 4 steps under bf16 autocast (on any CPU), scored at steps 2 and 4;
+    checks that it says which precision it used, and returns OUT/metrics.json."""
+    import json
+
+    result = run_lmforge(
+        "finetune", "--task", task, "--model", base, "--data", data, "--out", out, "--method", method,
+        "--max-steps", 4, "--eval-every", 2, "--batch-size", 8, "--lr", 1e-3, "--warmup-steps", 1,
+        *flags, "--precision", "bfloat16", "--no-progress", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "precision: bfloat16 (asked for)" in result.stdout
+    return json.loads((out / "metrics.json").read_text())

@@ -4,34 +4,17 @@ KV cache, for a tiny GPT-2, a tiny Llama, a BERT (masked LM) and a T5 (span corr
 
 import json
 import math
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pretrain_resume import corpus as code_like_corpus
 
 import lmforge
 from lmforge.data.prepare import PrepareConfig, prepare
 from lmforge.train.metrics import read_metrics
 from lmforge.train.pretrain import PretrainConfig, pretrain
 
-WORDS = [
-    "def",
-    "class",
-    "return",
-    "import",
-    "self",
-    "value",
-    "list",
-    "index",
-    "print",
-    "yield",
-    "lambda",
-    "for",
-    "while",
-    "if",
-    "else",
-]
 KINDS = {"clm": "bpe", "mlm": "wordpiece", "span": "unigram"}
 
 
@@ -39,12 +22,7 @@ KINDS = {"clm": "bpe", "mlm": "wordpiece", "span": "unigram"}
 def prepared(tmp_path_factory):
     """Token files of a small code-like corpus, one directory per tokenizer kind."""
     root = tmp_path_factory.mktemp("bf16")
-    rng = random.Random(0)
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(8):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(60)]
-        (corpus / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    corpus = code_like_corpus(root / "corpus", n_files=8)
     dirs = {}
     for objective, kind in KINDS.items():
         out = root / f"data-{objective}"

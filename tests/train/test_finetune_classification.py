@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from lmforge_cli import assert_one_line_error, run_lmforge
+from lmforge_cli import assert_one_line_error, finetune_under_bf16, run_lmforge
 from safetensors.torch import load_file
 
 import lmforge
@@ -207,13 +207,7 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(setup):
 def test_a_few_steps_under_bf16_autocast(setup, method):
     """bf16 autocast on any CPU: training, validation scoring and the saved model."""
     root, base, data = setup
-    out = root / f"bf16-{method}"
-    result = run_lmforge(
-        "finetune", "--task", "classification", "--model", base, "--data", data, "--out", out, "--method", method,
-        "--max-steps", 4, "--eval-every", 2, "--batch-size", 8, "--lr", 1e-3, "--warmup-steps", 1,
-        "--max-length", 32, "--precision", "bfloat16", "--no-progress", "--device", "cpu",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "precision: bfloat16 (asked for)" in result.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = finetune_under_bf16(
+        "classification", base, data, root / f"bf16-{method}", method, "--max-length", 32
+    )
     assert 0 <= metrics["accuracy"] <= 1

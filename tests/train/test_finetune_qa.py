@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from lmforge_cli import assert_one_line_error, run_lmforge
+from lmforge_cli import assert_one_line_error, finetune_under_bf16, run_lmforge
 
 import lmforge
 from lmforge.data.tasks import read_squad
@@ -215,13 +215,5 @@ def test_bad_inputs_exit_2_with_one_line(setup):
 def test_a_few_steps_under_bf16_autocast(setup, method):
     """bf16 autocast on any CPU: training, validation scoring and the saved model."""
     root, base, data = setup
-    out = root / f"bf16-{method}"
-    result = run_lmforge(
-        "finetune", "--task", "qa", "--model", base, "--data", data, "--out", out, "--method", method,
-        "--max-steps", 4, "--eval-every", 2, "--batch-size", 8, "--lr", 1e-3, "--warmup-steps", 1,
-        *WINDOW_FLAGS, "--precision", "bfloat16", "--no-progress", "--device", "cpu",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "precision: bfloat16 (asked for)" in result.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = finetune_under_bf16("qa", base, data, root / f"bf16-{method}", method, *WINDOW_FLAGS)
     assert 0 <= metrics["f1"] <= 100
