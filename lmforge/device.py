@@ -105,6 +105,21 @@ def requested_precision(name: str | None) -> str:
     return name
 
 
+def check_precision(name: str | None, device: torch.device | str, *, training: bool = True) -> str:
+    """The precision asked for (`auto` or a DTYPES name), refusing what this device cannot run: a
+    check that costs nothing, for commands to make before their data work."""
+    device = torch.device(device)
+    asked = requested_precision(name)
+    if asked != "auto" and asked not in DTYPES:
+        raise LmforgeError(f"unknown precision {asked!r}; use auto, float32, bfloat16 or float16")
+    if asked != "auto" and DTYPES[asked] == torch.float16 and training and device.type != "cuda":
+        raise LmforgeError(
+            f"float16 training needs a CUDA GPU, where lmforge scales its loss; on {device.type} "
+            "use --precision bfloat16 or float32"
+        )
+    return asked
+
+
 def choose_precision(
     name: str | None,
     device: torch.device | str,
@@ -118,16 +133,9 @@ def choose_precision(
     (with loss scaling); a CPU has neither the kernels nor the need.
     """
     device = torch.device(device)
-    asked = requested_precision(name)
+    asked = check_precision(name, device, training=training)
     if asked != "auto":
-        if asked not in DTYPES:
-            raise LmforgeError(f"unknown precision {asked!r}; use auto, float32, bfloat16 or float16")
         dtype = DTYPES[asked]
-        if dtype == torch.float16 and training and device.type != "cuda":
-            raise LmforgeError(
-                f"float16 training needs a CUDA GPU (it is slow and unscaled on {device.type}); "
-                "use --precision bfloat16 or float32"
-            )
         forced = name in (None, "auto")
         return Precision(dtype, f"set by {PRECISION_ENV}" if forced else "asked for")
     if device.type == "cuda":

@@ -103,3 +103,11 @@ def test_the_probe_measures_a_real_ratio():
     """On any CPU (bf16 emulated or not) the probe runs at a tiny size and returns a positive ratio."""
     speedup = device.measure_bf16_speedup(32, 64, budget_s=0.05)
     assert speedup is not None and math.isfinite(speedup) and speedup > 0
+
+
+def test_pretrain_refuses_float16_on_a_cpu_before_reading_any_data(tmp_path):
+    from lmforge_cli import assert_one_line_error, run_lmforge
+
+    result = run_lmforge("pretrain", "--preset", "tiny", "--precision", "float16", "--out", tmp_path / "run")
+    assert_one_line_error(result, "float16 training needs a CUDA GPU", "bfloat16 or float32")
+    assert not (tmp_path / "run" / "data").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.device import default_device, print0, seed_everything
+from lmforge.device import check_precision, default_device, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import barrier, init_world, shutdown
 from lmforge.train.loop import TrainConfig, Trainer
@@ -333,6 +333,7 @@ def finetune(config: FinetuneConfig) -> dict:
     task = get_task(config.task)(config)
     world = init_world(torch.device(config.device) if config.device else default_device())
     try:
+        check_precision(config.precision, world.device)  # before any data work
         if world.is_main:
             Path(config.out).mkdir(parents=True, exist_ok=True)
         files = data_files(config, task, world.is_main)

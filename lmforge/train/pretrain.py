@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from lmforge.device import default_device, print0, seed_everything
+from lmforge.device import check_precision, default_device, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import World, barrier, init_world, shutdown
 from lmforge.train.loop import TrainConfig, Trainer
@@ -119,6 +119,7 @@ def pretrain(config: PretrainConfig) -> dict:
     world = init_world(torch.device(config.device) if config.device else default_device())
     try:
         check_objective_fits(config.objective, config.preset)  # fails before any data work
+        check_precision(config.precision, world.device)
         data_dir = prepared_data_dir(config, world)
         train_file, val_file = TokenFile.load(data_dir, "train"), TokenFile.load(data_dir, "val")
         tok = load_tokenizer(data_dir)
