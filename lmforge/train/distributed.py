@@ -80,6 +80,15 @@ def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
     return t
 
 
+def from_rank0(value, world: World):
+    """Rank 0's `value` (any picklable object) on every process."""
+    if not world.is_distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: World) -> None:
     if world.is_distributed:
         dist.barrier()

@@ -24,7 +24,15 @@ from tqdm import tqdm
 from lmforge.device import choose_precision, print0
 from lmforge.errors import LmforgeError
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.distributed import World, all_reduce_sum, barrier, no_sync, unwrap, wrap_model
+from lmforge.train.distributed import (
+    World,
+    all_reduce_sum,
+    barrier,
+    from_rank0,
+    no_sync,
+    unwrap,
+    wrap_model,
+)
 from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
 from lmforge.train.optim import lr_at, make_optimizer
 
@@ -160,7 +168,10 @@ class Trainer:
         self.sample_fn = sample_fn
         self.out = Path(config.out)
         self.raw_model = model.to(world.device)
-        self.precision = choose_precision(config.precision, world.device, sizes=model_sizes(model))
+        # Rank 0's measurement decides for all: processes that timed a near tie apart must still agree.
+        self.precision = from_rank0(
+            choose_precision(config.precision, world.device, sizes=model_sizes(model)), world
+        )
         print0(f"precision: {self.precision}")
         dtype = self.precision.dtype
         self.autocast = lambda: torch.autocast(world.device.type, dtype=dtype, enabled=dtype != torch.float32)
