@@ -233,7 +233,7 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**63)  # torch takes 64 bits: a huge seed would overflow
 
 
 def rank() -> int:

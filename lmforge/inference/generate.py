@@ -9,6 +9,7 @@ work on exactly the text the caller would get in one piece.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,12 +59,28 @@ class GenerationConfig:
         def is_int(value) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
+        def is_number(value) -> bool:  # finite: an infinite temperature or penalty means NaN logits
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         checks = [
             ("max_new_tokens", is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "an integer >= 0"),
-            ("temperature", self.temperature >= 0, "a number >= 0 (0 is greedy)"),
+            (
+                "temperature",
+                is_number(self.temperature) and self.temperature >= 0,
+                "a finite number >= 0 (0 is greedy)",
+            ),
             ("top_k", self.top_k is None or (is_int(self.top_k) and self.top_k >= 1), "an integer >= 1"),
-            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a number in (0, 1]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "a number > 0 (1 is no penalty)"),
+            (
+                "top_p",
+                self.top_p is None or (is_number(self.top_p) and 0 < self.top_p <= 1),
+                "a number in (0, 1]",
+            ),
+            (
+                "repetition_penalty",
+                is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+                "a finite number > 0 (1 is no penalty)",
+            ),
+            ("seed", self.seed is None or is_int(self.seed), "an integer"),
             ("num_beams", is_int(self.num_beams) and self.num_beams >= 1, "an integer >= 1"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
             ("use_compile", self.use_compile in (None, True, False), "True, False or None (automatic)"),
@@ -203,7 +220,7 @@ def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     if seed is None:
         generator.seed()  # nondeterministic, and independent of the global RNG
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed % 2**63)  # any integer: torch takes 64 bits, and overflows above
     return generator
 
 

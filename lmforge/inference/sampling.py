@@ -4,6 +4,11 @@ Each processor is a pure function on (B, V) float logits, with the semantics of 
 `transformers` processors of the same name, applied in their order: repetition penalty (Keskar et
 al., 2019, CTRL), temperature, top-k (Fan et al., 2018), top-p / nucleus (Holtzman et al., 2020).
 A token removed by top-k or top-p gets logit -inf, so it has probability 0.
+
+The sampler is numerically safe for every accepted temperature and penalty: it works in float32
+log-probabilities (log_softmax first, which shifts the largest logit to 0, so dividing by a tiny
+temperature can only push the others towards -inf, never make anything +inf or NaN), a temperature
+below GREEDY_BELOW is greedy, and a penalty never makes a logit infinite.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import torch
 
 if TYPE_CHECKING:
     from lmforge.inference.generate import GenerationConfig
+
+GREEDY_BELOW = 1e-5  # a temperature below this samples (up to ties) the argmax anyway: take it
 
 
 def seen_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -26,7 +33,13 @@ def seen_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Make tokens already in the sequence (`seen`, (B, V) bool) less likely: a negative logit is
     multiplied by `penalty`, a positive one divided by it (penalty > 1 discourages repeats)."""
+    # NOTE: a huge or tiny penalty would overflow to +-inf (then NaN in softmax, or a row of -inf), or
+    # round to 0 in the logits' dtype (then 0 / 0): keep the penalty and the results finite and
+    # nonzero, and only the -inf already there (masked tokens).
+    big = torch.finfo(logits.dtype).max
+    penalty = min(max(penalty, torch.finfo(logits.dtype).tiny), big)
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    penalized = torch.where(logits == float("-inf"), logits, penalized.clamp(-big, big))
     return torch.where(seen, penalized, logits)
 
 
@@ -60,18 +73,29 @@ def sample_next(
     *,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V); temperature 0 is greedy (argmax).
+    """Next token ids (B,) from logits (B, V) of any float dtype; a temperature below GREEDY_BELOW
+    (0 included) is greedy (argmax).
 
     seen: (B, V) bool, the tokens already in each sequence, for the repetition penalty.
     """
+    logits = _finite_float32(logits)
     if seen is not None and config.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
-    if config.temperature == 0:
+    if config.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
-    logits = apply_temperature(logits, config.temperature)
+    logits = apply_temperature(logits.log_softmax(dim=-1), config.temperature)  # the same softmax
     if config.top_k is not None:
         logits = apply_top_k(logits, config.top_k)
     if config.top_p is not None and config.top_p < 1.0:
         logits = apply_top_p(logits, config.top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _finite_float32(logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits where NaN is -inf (never chosen) and +inf the largest float; a row with no
+    finite logit left has no preference at all, so it becomes uniform (zeros)."""
+    big = torch.finfo(torch.float32).max
+    logits = logits.float().nan_to_num(nan=float("-inf"), posinf=big, neginf=float("-inf"))
+    is_empty = ~torch.isfinite(logits).any(dim=-1, keepdim=True)
+    return logits.masked_fill(is_empty, 0.0)
