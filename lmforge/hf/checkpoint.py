@@ -2,14 +2,17 @@
 
 A checkpoint is `config.json` plus weights in `model.safetensors`, or shards listed by
 `model.safetensors.index.json`. Legacy `pytorch_model.bin` files are read only through
-`torch.load(weights_only=True)`, which refuses anything but tensors: a checkpoint never runs code.
-lmforge's own checkpoints are the same format, so both libraries open each other's files.
+`torch.load(weights_only=True)` (torch >= 2.6, free of CVE-2025-32434), which refuses anything but
+tensors: a checkpoint never runs code; reading one says, once, that safetensors is preferred.
+A model that generates also has `generation_config.json` (its special token ids, as `transformers`
+writes it); its EOS ids join the model's own when generating.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +28,9 @@ PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 HEAD_FROM_EMBEDDING = ("t5",)  # families whose untied head, when missing, starts as the embedding
 OPTIONAL_HEADS = ("pooler.",)  # heads a checkpoint may hold that a model may leave out
 BASE = "base."  # a task model's (lmforge/models/heads.py) base model, stored under the family's names
+GENERATION_CONFIG = "generation_config.json"
+GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+_legacy_noted: set[str] = set()  # the pickle files already reported as legacy (say it once)
 
 
 def tied_weights(model) -> dict[str, str]:
@@ -111,6 +117,13 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LmforgeError(f"{path} does not hold a state dict of tensors")
+    if str(path.parent) not in _legacy_noted:
+        _legacy_noted.add(str(path.parent))
+        print(
+            f"lmforge: {path.parent} holds {path.name}, a legacy pickle format read as weights only; "
+            "safetensors is preferred (save_pretrained writes it)",
+            file=sys.stderr,
+        )
     return state
 
 
@@ -130,8 +143,37 @@ def load_model(
     elif task is not None:
         model = TASK_MODELS[task](model)
     load_weights(model, ckpt_dir)
+    if (ckpt_dir / GENERATION_CONFIG).exists():
+        model.generation_config = read_generation_config(ckpt_dir / GENERATION_CONFIG)
     model.name_or_path = str(ckpt_dir)  # where it came from: embed reads sentence-transformers settings there
     return model.to(device=device, dtype=dtype).eval()
+
+
+def read_generation_config(path: Path) -> dict:
+    """generation_config.json, its token ids checked: each an integer, or (eos) a list of them."""
+    config = read_json(path)
+    for key in GENERATION_IDS:
+        ids = config.get(key)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else ids
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise LmforgeError(
+                f"{path}: {key} should be an integer or a list of integers, got {config[key]!r}"
+            )
+    return config
+
+
+def generation_config(model) -> dict | None:
+    """What `transformers` writes as generation_config.json for a model that generates (its special
+    token ids; a loaded generation config's fields kept), or None for one that does not."""
+    from lmforge.models.decoder import CausalLM
+
+    if not (isinstance(model, CausalLM) or getattr(model, "is_encoder_decoder", False)):
+        return None
+    config = {"_from_model_config": True}
+    for key in GENERATION_IDS:
+        if getattr(model.config, key, None) is not None:
+            config[key] = getattr(model.config, key)
+    return {**config, **getattr(model, "generation_config", {})}
 
 
 def load_weights(model, ckpt_dir: Path) -> None:
@@ -181,7 +223,8 @@ def save_model(
     max_shard_size: int | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """config.json and safetensors weights (sharded above max_shard_size bytes) that `transformers` opens.
+    """config.json, generation_config.json (a model that generates) and safetensors weights (sharded
+    above max_shard_size bytes) that `transformers` opens.
 
     state_dict, when given, replaces model.state_dict() (a sharded model's gathered full weights).
     """
@@ -199,6 +242,9 @@ def save_model(
         hf_config.update(head_hf_fields(model))
     hf_config["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    generation = generation_config(model)
+    if generation is not None:
+        (out_dir / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
     shards = _shard(hf_state, max_shard_size)
     if len(shards) == 1:
         save_file(hf_state, out_dir / SAFETENSORS, metadata={"format": "pt"})

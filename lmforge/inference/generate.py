@@ -332,9 +332,11 @@ def _with_overrides(config: GenerationConfig | None, overrides: dict) -> Generat
 
 
 def _eos_token_ids(model, tok) -> frozenset[int]:
-    """The tokenizer's EOS and the model's (Llama 3 lists several, e.g. end of turn)."""
-    ids = model.config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    """The tokenizer's EOS, the model's, and its generation_config.json's (Llama 3 lists several
+    there, e.g. end of turn)."""
+    ids = []
+    for eos in (model.config.eos_token_id, getattr(model, "generation_config", {}).get("eos_token_id")):
+        ids += [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     if tok.eos_token_id is not None:
         ids.append(tok.eos_token_id)
     return frozenset(ids)
