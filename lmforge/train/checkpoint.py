@@ -6,12 +6,19 @@ directory (config.json, model.safetensors, tokenizer files), plus:
   rng.safetensors         the torch RNG states (CPU and each CUDA device)
   trainer_state.json      step, data position, schedule, the resolved config, the Python and NumPy
                           RNG states, and a fingerprint of model, tokenizer and data
+  manifest.json           the SHA-256 and size of every other file, written last
 It is written to a temporary directory, fsynced, then renamed: a directory named step-N is
 complete by construction, so a crash mid-write leaves the previous checkpoint as the latest.
+Resuming verifies the manifest (SHA-256 runs at about 1.2-1.4 GB/s here: under a second per GB)
+and validates every file it reads, so a damaged checkpoint (a truncated file, a flipped byte, a
+hand-edited state) is named in one line and `--resume` falls back to the newest intact one.
+Checkpoints written before manifests existed (trainer_state.json without "format") are accepted
+unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -21,12 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 
 STEP_DIR = re.compile(r"step-(\d+)$")
+MANIFEST = "manifest.json"
+# The files beside the Hugging Face model directory, which the final export leaves out.
+TRAINING_FILES = ("optimizer.safetensors", "rng.safetensors", "trainer_state.json", MANIFEST)
+FORMAT = 2  # trainer_state.json "format": 2 and later checkpoints must carry a manifest
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -126,8 +137,15 @@ def write_checkpoint(
         save_file(tensors, tmp / "optimizer.safetensors")
         rng_json, rng_tensors = rng_state()
         save_file(rng_tensors, tmp / "rng.safetensors")
-        state = {**trainer_state, "step": step, "optimizer_param_groups": groups, "rng": rng_json}
+        state = {
+            **trainer_state,
+            "format": FORMAT,
+            "step": step,
+            "optimizer_param_groups": groups,
+            "rng": rng_json,
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+        _write_manifest(tmp)
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (after a resume): replace it whole
             shutil.rmtree(final)
@@ -147,15 +165,192 @@ def write_checkpoint(
 
 
 def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-    """(trainer_state, optimizer state dict, rng tensors) of a checkpoint directory."""
-    try:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        optim = unflatten_optimizer(
-            load_file(ckpt / "optimizer.safetensors"), state["optimizer_param_groups"]
-        )
-        rng = load_file(ckpt / "rng.safetensors")
-    except (OSError, ValueError, KeyError) as e:
-        raise LmforgeError(
-            f"checkpoint {ckpt} is unreadable ({e}); delete it to resume from an earlier one"
-        ) from None
+    """(trainer_state, optimizer state dict, rng tensors) of a checkpoint directory.
+
+    Every file is validated: a damaged one is a DamagedCheckpoint (an LmforgeError) naming it.
+    """
+    state = read_trainer_state(ckpt)
+    tensors = _load_tensors(ckpt, "optimizer.safetensors")
+    if not all("/" in key for key in tensors):
+        raise _damaged(ckpt, 'optimizer.safetensors: keys should read "<parameter>/<state>"')
+    optim = unflatten_optimizer(tensors, state["optimizer_param_groups"])
+    rng = _load_tensors(ckpt, "rng.safetensors")
+    cpu = rng.get("torch_cpu")
+    if cpu is None or cpu.dtype != torch.uint8 or cpu.dim() != 1:
+        raise _damaged(ckpt, 'rng.safetensors lacks a uint8 "torch_cpu" state')
     return state, optim, rng
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    """manifest.json: the SHA-256 and size of every file of the checkpoint, written atomically."""
+    files = {
+        f.name: {"sha256": sha256_file(f), "size": f.stat().st_size}
+        for f in sorted(directory.iterdir())
+        if f.is_file() and f.name != MANIFEST
+    }
+    tmp = directory / (MANIFEST + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps({"format": FORMAT, "algorithm": "sha256", "files": files}, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, directory / MANIFEST)
+
+
+class DamagedCheckpoint(LmforgeError):
+    """A checkpoint whose files fail their manifest or do not parse; the message says which and why."""
+
+
+def _damaged(ckpt: Path, reason: str) -> DamagedCheckpoint:
+    reason = " ".join(str(reason).split())  # one line, whatever the underlying library said
+    return DamagedCheckpoint(f"checkpoint {ckpt} is damaged: {reason}")
+
+
+def _read_manifest(ckpt: Path) -> dict | None:
+    path = ckpt / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(ckpt, f"{MANIFEST} is unreadable ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
+        for v in files.values()
+    ):
+        raise _damaged(ckpt, f"{MANIFEST} does not map each file to its sha256 and size")
+    return files
+
+
+def verify_checkpoint(ckpt: Path) -> bool:
+    """Check every file against manifest.json; False for an old checkpoint without one (unverified).
+
+    Raises DamagedCheckpoint naming the first file that is missing, resized or changed.
+    """
+    files = _read_manifest(ckpt)
+    if files is None:
+        return False
+    for name, entry in files.items():
+        path = ckpt / name
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise _damaged(ckpt, f"{MANIFEST} names {name!r}, outside the checkpoint directory")
+        if not path.is_file():
+            raise _damaged(ckpt, f"{name} is missing")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise _damaged(ckpt, f"{name} has {size} bytes, the manifest says {entry['size']} (truncated?)")
+        if sha256_file(path) != entry["sha256"]:
+            raise _damaged(ckpt, f"{name} does not match its SHA-256 in {MANIFEST}")
+    return True
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    """trainer_state.json, with the type of every key resuming relies on checked."""
+    path = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _damaged(ckpt, f"{path.name} is missing") from None
+    except (OSError, ValueError) as e:
+        raise _damaged(ckpt, f"{path.name} is not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise _damaged(ckpt, f"{path.name} holds a {type(state).__name__}, not an object")
+
+    def bad(key: str, what: str) -> DamagedCheckpoint:
+        found = "missing" if key not in state else f"{type(state[key]).__name__} {state[key]!r:.40}"
+        return _damaged(ckpt, f'{path.name}: "{key}" should be {what}, found {found}')
+
+    step = state.get("step")
+    if not _is_int(step) or step < 0:
+        raise bad("step", "a non-negative integer")
+    m = STEP_DIR.match(ckpt.name)
+    if m and int(m.group(1)) != step:
+        raise _damaged(ckpt, f'{path.name}: "step" is {step} but the directory is {ckpt.name}')
+    if "format" in state and not _is_int(state["format"]):
+        raise bad("format", "an integer")
+    groups = state.get("optimizer_param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise bad("optimizer_param_groups", "a list of objects")
+    rng = state.get("rng")
+    if not (
+        isinstance(rng, dict)
+        and isinstance(rng.get("python"), list)
+        and len(rng["python"]) == 3
+        and isinstance(rng["python"][1], list)
+        and all(_is_int(x) for x in rng["python"][1])
+        and isinstance(rng.get("numpy"), list)
+        and len(rng["numpy"]) == 5
+        and isinstance(rng["numpy"][1], list)
+    ):
+        raise bad("rng", "the Python and NumPy RNG states")
+    for key in ("fingerprint", "grad_scaler"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            raise bad(key, "an object")
+    return state
+
+
+def _load_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(ckpt / name)
+    except FileNotFoundError:
+        raise _damaged(ckpt, f"{name} is missing") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _damaged(ckpt, f"{name} is not a readable safetensors file ({e})") from None
+
+
+def _check_safetensors_headers(ckpt: Path) -> None:
+    """Parse the header of every .safetensors file (cheap: no tensor is read)."""
+    for path in sorted(ckpt.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _damaged(ckpt, f"{path.name} is not a readable safetensors file ({e})") from None
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Raise DamagedCheckpoint unless `ckpt` verifies and its state and headers parse."""
+    verified = verify_checkpoint(ckpt)
+    state = read_trainer_state(ckpt)
+    if not verified and _is_int(state.get("format")) and state["format"] >= FORMAT:
+        raise _damaged(ckpt, f"{MANIFEST} is missing")
+    _check_safetensors_headers(ckpt)
+    for name in ("optimizer.safetensors", "rng.safetensors"):
+        if not (ckpt / name).is_file():
+            raise _damaged(ckpt, f"{name} is missing")
+
+
+def newest_intact_checkpoint(out: Path, report=print) -> Path | None:
+    """The newest checkpoint that passes check_checkpoint; report(line) for each damaged one skipped.
+
+    None when there is no checkpoint; an LmforgeError when there are some but none is intact.
+    """
+    dirs = checkpoint_dirs(out)
+    damaged: list[DamagedCheckpoint] = []
+    for ckpt in reversed(dirs):
+        try:
+            check_checkpoint(ckpt)
+        except DamagedCheckpoint as e:
+            damaged.append(e)
+            continue
+        for e in damaged:
+            report(f"{e}; resuming from {ckpt.name} instead")
+        return ckpt
+    if damaged:
+        names = ", ".join(p.name for p in reversed(dirs))
+        raise LmforgeError(
+            f"no intact checkpoint to resume from ({names} all damaged); the newest: {damaged[0]}"
+        )
+    return None

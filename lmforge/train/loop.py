@@ -231,7 +231,7 @@ class Trainer:
                 f"{self.out} already holds checkpoints ({latest.name}); pass --resume to continue "
                 "that run, or choose another --out"
             )
-        return latest if self.config.resume else None
+        return ckpt.newest_intact_checkpoint(self.out, report=print0) if self.config.resume else None
 
     def _check_fingerprint(self, state: dict, path: Path) -> None:
         saved = state.get("fingerprint", {})
@@ -304,7 +304,7 @@ class Trainer:
     def export_model(self, latest: Path) -> None:
         """Copy the model files of the last checkpoint to OUT."""
         for f in latest.iterdir():
-            if f.name not in ("optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
+            if f.name not in ckpt.TRAINING_FILES:  # the model directory only
                 tmp = self.out / f".{f.name}.tmp"
                 shutil.copyfile(f, tmp)
                 os.replace(tmp, self.out / f.name)
