@@ -163,6 +163,14 @@ class Trainer:
         self.config, self.world, self.tokenizer = config, world, tokenizer
         self.train_batch, self.eval_set, self.loss_fn = train_batch, eval_batches, loss_fn
         self.fingerprint, self.sample_prompt = fingerprint or {}, sample_prompt
+        # What fixes the data order and the meaning of a step: a resume must keep all of it.
+        self.fingerprint["data_order"] = {
+            "world_size": world.size,
+            "batch_size": config.batch_size,
+            "grad_accum": config.grad_accum,
+            "seq_len": config.seq_len,
+            "seed": config.seed,
+        }
         # sample_fn(model) -> text replaces the generated continuation where the objective is not
         # next-token prediction (a masked-LM fill, a span-corruption target).
         self.sample_fn = sample_fn
@@ -234,8 +242,29 @@ class Trainer:
         return ckpt.newest_intact_checkpoint(self.out, report=print0) if self.config.resume else None
 
     def _check_fingerprint(self, state: dict, path: Path) -> None:
+        """Refuse a resume that changes the model, tokenizer or data (unless --force) or the data order
+        (always: a changed batch shape, world size or seed would skip or repeat samples silently)."""
         saved = state.get("fingerprint", {})
-        changed = [k for k in self.fingerprint if k in saved and saved[k] != self.fingerprint[k]]
+        if not isinstance(saved, dict):
+            raise LmforgeError(f"{path / 'trainer_state.json'} is damaged: its fingerprint is not a table")
+        order_was, order_now = saved.get("data_order"), self.fingerprint["data_order"]
+        if isinstance(order_was, dict) and order_was != order_now:
+            moved = [
+                f"--{k.replace('_', '-')} {order_was.get(k)} -> {order_now[k]}"
+                if k != "world_size"
+                else f"processes {order_was.get(k)} -> {order_now[k]}"
+                for k in order_now
+                if order_was.get(k) != order_now[k]
+            ]
+            raise LmforgeError(
+                f"cannot resume from {path}: the data order changed ({', '.join(moved)}), so samples would "
+                "be skipped or repeated; resume with that run's values, or choose another --out"
+            )
+        changed = [
+            k
+            for k in self.fingerprint
+            if k != "data_order" and k in saved and saved[k] != self.fingerprint[k]
+        ]
         if changed and not self.config.force:
             raise LmforgeError(
                 f"cannot resume from {path}: the {', '.join(changed)} differ from that run's; "
