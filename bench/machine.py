@@ -12,24 +12,10 @@ import platform
 import torch
 
 from bench.timing import interleave, timed
-from lmforge.device import cpu_has_native_bf16
+from lmforge.device import cpu_has_native_bf16, cpu_model_and_flags
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 EMULATED_BF16_SIZE = 512
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    """The CPU model name and flags, from the first processor in /proc/cpuinfo."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or "unknown CPU"
-    return model, set(info.get("flags", "").split())
 
 
 def describe() -> dict:
@@ -37,7 +23,7 @@ def describe() -> dict:
     import tokenizers
     import transformers
 
-    model, flags = _cpuinfo()
+    model, flags = cpu_model_and_flags()
     return {
         "cpu": model,
         "cores": os.cpu_count(),

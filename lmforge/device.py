@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import random
 import time
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_model_and_flags() -> tuple[str, set[str]]:
+@functools.cache
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     """The CPU's model name and flags, from the first processor in /proc/cpuinfo (empty elsewhere)."""
     info: dict[str, str] = {}
     try:
@@ -58,9 +60,9 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
                 info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    import platform
-
-    return info.get("model name") or platform.processor() or "unknown CPU", set(info.get("flags", "").split())
+    return info.get("model name") or platform.processor() or "unknown CPU", frozenset(
+        info.get("flags", "").split()
+    )
 
 
 @functools.cache

@@ -244,17 +244,13 @@ class Trainer:
     def _check_fingerprint(self, state: dict, path: Path) -> None:
         """Refuse a resume that changes the model, tokenizer or data (unless --force) or the data order
         (always: a changed batch shape, world size or seed would skip or repeat samples silently)."""
-        saved = state.get("fingerprint", {})
-        if not isinstance(saved, dict):
-            raise LmforgeError(f"{path / 'trainer_state.json'} is damaged: its fingerprint is not a table")
+        saved = state.get("fingerprint") or {}  # its type is checked by ckpt.read_trainer_state
         order_was, order_now = saved.get("data_order"), self.fingerprint["data_order"]
         if isinstance(order_was, dict) and order_was != order_now:
             moved = [
-                f"--{k.replace('_', '-')} {order_was.get(k)} -> {order_now[k]}"
-                if k != "world_size"
-                else f"processes {order_was.get(k)} -> {order_now[k]}"
-                for k in order_now
-                if order_was.get(k) != order_now[k]
+                f"{'processes' if k == 'world_size' else '--' + k.replace('_', '-')} {order_was.get(k)} -> {now}"
+                for k, now in order_now.items()
+                if order_was.get(k) != now
             ]
             raise LmforgeError(
                 f"cannot resume from {path}: the data order changed ({', '.join(moved)}), so samples would "

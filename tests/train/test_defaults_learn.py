@@ -7,14 +7,11 @@ import json
 import random
 
 import pytest
-import torch
 from lmforge_cli import run_lmforge
-from test_finetune_seq2seq import PREFIX, _pairs, _splits, _write_jsonl
+from test_finetune_seq2seq import PREFIX, _splits, write_base_and_data
 
 from lmforge.device import cpu_has_native_bf16
 from lmforge.eval.metrics import compute_metrics
-from lmforge.models import build_model, get_preset
-from lmforge.tokenizers import train_tokenizer
 
 POSITIVE = {
     "adj": ["great", "wonderful", "excellent", "delightful", "superb", "lovely", "brilliant", "fantastic"],
@@ -114,18 +111,8 @@ def test_lora_on_minilm_learns_with_default_options(minilm_path, sentiment, tmp_
 
 
 def test_seq2seq_learns_with_default_options(tmp_path):
-    # The "pretrained" model and tokenizer of test_finetune_seq2seq.py: a tiny random T5.
-    texts = [PREFIX + r["source"] + " " + r["target"] for r in _pairs()]
-    tok = train_tokenizer(iter(texts), vocab_size=320, kind="bpe", special_tokens=["<pad>", "</s>", "<unk>"])
-    base = tmp_path / "base"
-    torch.manual_seed(0)
-    build_model(get_preset("t5-tiny", vocab_size=tok.vocab_size, max_seq_len=64)).save_pretrained(base)
-    tok.save_pretrained(base)
-    data = tmp_path / "data"
-    data.mkdir()
-    train, validation = _splits()
-    _write_jsonl(data / "train.jsonl", train)
-    _write_jsonl(data / "validation.jsonl", validation)
+    base, data = write_base_and_data(tmp_path)  # the tiny random T5 of test_finetune_seq2seq.py
+    validation = _splits()[1]
     out = tmp_path / "run"
     flags = (
         "--data",

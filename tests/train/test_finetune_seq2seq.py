@@ -48,9 +48,14 @@ def _write_jsonl(path, rows) -> None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny random T5 saved as the "pretrained" model, and the data. The tokenizer is a byte-level BPE with
-    T5's special ids (<pad> 0, </s> 1): on so small a corpus it keeps whole words, where a Unigram one does not."""
     root = tmp_path_factory.mktemp("seq2seq")
+    return (root, *write_base_and_data(root))
+
+
+def write_base_and_data(root):
+    """(base, data): a tiny random T5 saved as the "pretrained" model, and the data. The tokenizer is a
+    byte-level BPE with T5's special ids (<pad> 0, </s> 1): on so small a corpus it keeps whole words,
+    where a Unigram one does not."""
     texts = [PREFIX + r["source"] + " " + r["target"] for r in _pairs()]
     tok = train_tokenizer(iter(texts), vocab_size=320, kind="bpe", special_tokens=["<pad>", "</s>", "<unk>"])
     base = root / "base"
@@ -62,7 +67,7 @@ def setup(tmp_path_factory):
     train, validation = _splits()
     _write_jsonl(data / "train.jsonl", train)
     _write_jsonl(data / "validation.jsonl", validation)
-    return root, base, data
+    return base, data
 
 
 FLAGS = ("--source-prefix", PREFIX, "--max-length", 48, "--max-target-length", 32, "--batch-size", 16)
