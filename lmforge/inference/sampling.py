@@ -95,7 +95,10 @@ def sample_next(
 def _finite_float32(logits: torch.Tensor) -> torch.Tensor:
     """float32 logits where NaN is -inf (never chosen) and +inf the largest float; a row with no
     finite logit left has no preference at all, so it becomes uniform (zeros)."""
+    logits = logits.float()
+    if bool(torch.isfinite(logits).all()):  # the usual case, in one pass (this runs every decode step)
+        return logits
     big = torch.finfo(torch.float32).max
-    logits = logits.float().nan_to_num(nan=float("-inf"), posinf=big, neginf=float("-inf"))
+    logits = logits.nan_to_num(nan=float("-inf"), posinf=big, neginf=float("-inf"))
     is_empty = ~torch.isfinite(logits).any(dim=-1, keepdim=True)
     return logits.masked_fill(is_empty, 0.0)
