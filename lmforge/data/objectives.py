@@ -14,7 +14,7 @@
   and non-noise token counts are fixed by the length, so every row of a batch has the same input and
   target lengths, and only the segmentation into spans is random.
 
-Every random draw takes an explicit `torch.Generator`: `generator_for(seed, step, micro)` makes the
+Every random draw takes an explicit `torch.Generator`: `generator_for(seed, 0, sample)` makes the
 masks of a training batch a pure function of its position, so a resumed run draws the same masks.
 """
 
@@ -212,17 +212,19 @@ def span_corruption_batch(
 class ObjectiveBatches:
     """Batches of an objective over `windows` (a lmforge.data.tokens.PackedBatches), reproducibly.
 
-    `make(tokens, generator)` turns raw windows (B, T) into a batch dict. Training batch (step, micro)
-    draws from generator_for(seed, 0, step, micro, rank), so a resumed run draws the same masks;
+    `make(tokens, generator)` turns raw windows (B, T) into a batch dict. The training batch from global
+    sample g on draws from generator_for(seed, 0, g), so a resumed run draws the same masks whatever
+    the number of processes;
     validation batch i from generator_for(seed, 1, i), so every evaluation scores the same masks.
     """
 
-    def __init__(self, windows, make, *, seed: int, rank: int = 0):
-        self.windows, self.make, self.seed, self.rank = windows, make, seed, rank
+    def __init__(self, windows, make, *, seed: int):
+        self.windows, self.make, self.seed = windows, make, seed
 
-    def batch(self, step: int, micro: int = 0) -> dict:
-        tokens, _ = self.windows.batch(step, micro)  # the window's first T tokens; the rest is its next
-        return self.make(tokens, generator_for(self.seed, 0, step, micro, self.rank))
+    def samples(self, first: int) -> dict:
+        """The batch of the windows' samples from global sample `first` on (see PackedBatches.samples)."""
+        tokens, _ = self.windows.samples(first)  # the window's first T tokens; the rest is its next
+        return self.make(tokens, generator_for(self.seed, 0, first))
 
     def eval_batches(self, n_batches: int) -> list[dict]:
         return [

@@ -158,9 +158,13 @@ class PackedBatches:
             raise LmforgeError(
                 f"step {step} / micro-batch {micro} out of range (grad_accum {self.grad_accum})"
             )
-        first = step * self.global_batch_size + (micro * self.world_size + self.rank) * self.batch_size
-        windows = [self._window_of_sample(g) for g in range(first, first + self.batch_size)]
-        return self._stack(windows)
+        return self.samples(
+            step * self.global_batch_size + (micro * self.world_size + self.rank) * self.batch_size
+        )
+
+    def samples(self, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels) of the batch_size samples from global sample `first` on."""
+        return self._stack([self._window_of_sample(g) for g in range(first, first + self.batch_size)])
 
     def eval_batches(self, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first n_batches * batch_size windows in order, unshuffled: the same on every call and rank.

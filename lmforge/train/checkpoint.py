@@ -295,9 +295,15 @@ def read_trainer_state(ckpt: Path) -> dict:
         and isinstance(rng["numpy"][1], list)
     ):
         raise bad("rng", "the Python and NumPy RNG states")
-    for key in ("fingerprint", "grad_scaler"):
+    for key in ("fingerprint", "grad_scaler", "data_position"):
         if state.get(key) is not None and not isinstance(state[key], dict):
             raise bad(key, "an object")
+    samples = (state.get("data_position") or {}).get("samples", 0)
+    if not _is_int(samples) or samples < 0:
+        raise bad("data_position", 'an object whose "samples" is a non-negative integer')
+    order = (state.get("fingerprint") or {}).get("data_order")
+    if order is not None and not (isinstance(order, dict) and all(_is_int(v) for v in order.values())):
+        raise bad("fingerprint", 'an object whose "data_order" maps names to integers')
     return state
 
 

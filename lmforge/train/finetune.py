@@ -161,37 +161,20 @@ def _find_file(directory: Path, stems: tuple[str, ...], suffixes: tuple[str, ...
 
 
 class RowBatches:
-    """Batch (step, micro) of each process: rows drawn without replacement from one seeded shuffle
-    per epoch, a pure function of (seed, step, micro, rank), so `--resume` continues exactly."""
+    """batch_size rows from a global sample index on: rows drawn without replacement from one seeded
+    shuffle per epoch, a pure function of (seed, sample), so `--resume` continues exactly."""
 
-    def __init__(
-        self,
-        features: list[dict],
-        pad_id: int | None,
-        *,
-        batch_size: int,
-        grad_accum: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        self.features, self.pad_id, self.seed = features, pad_id, seed
-        self.batch_size, self.grad_accum, self.rank, self.world_size = (
-            batch_size,
-            grad_accum,
-            rank,
-            world_size,
-        )
+    def __init__(self, features: list[dict], pad_id: int | None, *, batch_size: int, seed: int):
+        self.features, self.pad_id, self.batch_size, self.seed = features, pad_id, batch_size, seed
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 (a batch spans at most two epochs)
     def _order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.features), generator=generator)
 
-    def batch(self, step: int, micro: int) -> dict:
+    def samples(self, first: int) -> dict:
         from lmforge.data.tasks import pad_batch
 
-        first = ((step * self.grad_accum + micro) * self.world_size + self.rank) * self.batch_size
         n = len(self.features)
         rows = [self.features[int(self._order(i // n)[i % n])] for i in range(first, first + self.batch_size)]
         return pad_batch(rows, self.pad_id)
@@ -356,15 +339,7 @@ def finetune(config: FinetuneConfig) -> dict:
             _apply_lora(config, task, model)
         config.steps_for_epochs(len(train_features), world.size)
         print0(_schedule_line(config, len(train_features), world.size))
-        batches = RowBatches(
-            train_features,
-            pad_id,
-            batch_size=config.batch_size,
-            grad_accum=config.grad_accum,
-            seed=config.seed,
-            rank=world.rank,
-            world_size=world.size,
-        )
+        batches = RowBatches(train_features, pad_id, batch_size=config.batch_size, seed=config.seed)
         loss_features = task.encode(tok, validation, training=True)
         evals = [
             pad_batch(loss_features[i : i + config.batch_size], pad_id)
@@ -382,7 +357,7 @@ def finetune(config: FinetuneConfig) -> dict:
             config,
             task=task,
             validation=(validation, val_features),
-            train_batch=batches.batch,
+            train_batch=batches.samples,
             eval_batches=evals,
             world=world,
             tokenizer=tok,

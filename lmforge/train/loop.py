@@ -95,7 +95,8 @@ class TrainConfig:
         if self.epochs is None:
             return
         global_batch = self.batch_size * self.grad_accum * world_size
-        self.max_steps = max(1, math.ceil(self.epochs * samples_per_epoch / global_batch))
+        self.epoch_samples = math.ceil(self.epochs * samples_per_epoch)  # kept for a --force resume
+        self.max_steps = max(1, math.ceil(self.epoch_samples / global_batch))
 
 
 def accumulate_gradients(
@@ -140,7 +141,13 @@ def count_input_tokens(micro_batches: list[dict], world: World) -> int:
 
 
 class Trainer:
-    """Runs `config.max_steps` optimizer steps of `loss_fn` over `train_batch(step, micro)` batches."""
+    """Runs `config.max_steps` optimizer steps of `loss_fn` over `train_batch(first_sample)` batches.
+
+    The data position is counted in samples: step s begins at global sample `start_sample + (s -
+    start_step) * G` (G = batch_size * grad_accum * processes), and micro-batch m of rank r takes
+    batch_size samples from (m * processes + r) * batch_size past that. A resume that changes G
+    (under --force) continues from the same sample, so no sample is skipped or repeated.
+    """
 
     # The validation loss is a mean token cross-entropy, so exp(val_loss) is a perplexity (val_ppl);
     # a subclass whose loss is per example (classification, QA) sets it False.
@@ -151,7 +158,7 @@ class Trainer:
         model,
         config: TrainConfig,
         *,
-        train_batch: Callable[[int, int], dict],
+        train_batch: Callable[[int], dict],
         eval_batches: list[dict],
         world: World,
         tokenizer=None,
@@ -186,8 +193,10 @@ class Trainer:
         # NOTE: float16's 5 exponent bits underflow small gradients: the loss is scaled up before
         # backward and the gradients down before the step (a step with inf/NaN is skipped).
         self.scaler = torch.amp.GradScaler(world.device.type) if dtype == torch.float16 else None
-        self.start_step, self.stop_requested = 0, False  # a subclass may ask to stop (early stopping)
+        self.start_step, self.start_sample = 0, 0  # where this process's run begins in the data
+        self.stop_requested = False  # a subclass may ask to stop (early stopping)
         self.resumed_state: dict = {}  # the trainer_state.json resumed from, if any
+        self.order_change: str | None = None  # the batch shape a --force resume changed, if any
         resume_from = self._check_out_dir()
         if resume_from is not None:
             state, optim_state, rng = ckpt.read_checkpoint(resume_from)
@@ -206,6 +215,7 @@ class Trainer:
             )
             ckpt.set_rng_state(state["rng"], rng)
             self.start_step = state["step"]
+            self.start_sample = self._resumed_sample(state)
             if self.scaler is not None and state.get("grad_scaler"):
                 self.scaler.load_state_dict(state["grad_scaler"])
         if config.compile:
@@ -241,21 +251,36 @@ class Trainer:
             )
         return ckpt.newest_intact_checkpoint(self.out, report=print0) if self.config.resume else None
 
+    # What fixes the data order: the batch shape can change under --force (the position is converted
+    # exactly, in samples); the sequence length and seed decide which samples exist and their order.
+    CONVERTIBLE_ORDER = ("world_size", "batch_size", "grad_accum")
+
     def _check_fingerprint(self, state: dict, path: Path) -> None:
-        """Refuse a resume that changes the model, tokenizer or data (unless --force) or the data order
-        (always: a changed batch shape, world size or seed would skip or repeat samples silently)."""
+        """Refuse a resume that changes the model, tokenizer, data or data order, unless --force; refuse a
+        changed sequence length or seed even then (either would skip or repeat samples silently)."""
         saved = state.get("fingerprint") or {}  # its type is checked by ckpt.read_trainer_state
         order_was, order_now = saved.get("data_order"), self.fingerprint["data_order"]
         if isinstance(order_was, dict) and order_was != order_now:
-            moved = [
-                f"{'processes' if k == 'world_size' else '--' + k.replace('_', '-')} {order_was.get(k)} -> {now}"
-                for k, now in order_now.items()
-                if order_was.get(k) != now
-            ]
-            raise LmforgeError(
-                f"cannot resume from {path}: the data order changed ({', '.join(moved)}), so samples would "
-                "be skipped or repeated; resume with that run's values, or choose another --out"
+            moved = {
+                k: f"{order_was.get(k)} -> {now}" for k, now in order_now.items() if order_was.get(k) != now
+            }
+            named = ", ".join(
+                f"{'processes' if k == 'world_size' else '--' + k.replace('_', '-')} {v}"
+                for k, v in moved.items()
             )
+            fixed = [k for k in moved if k not in self.CONVERTIBLE_ORDER]
+            if fixed or not self.config.force:
+                advice = (
+                    "--seq-len and --seed decide which samples there are and their order, so they cannot "
+                    "change within a run"
+                    if fixed
+                    else "pass --force to continue from the same sample with the new batch shape"
+                )
+                raise LmforgeError(
+                    f"cannot resume from {path}: the data order changed ({named}); {advice}; "
+                    "or resume with that run's values, or choose another --out"
+                )
+            self.order_change = named
         changed = [
             k
             for k in self.fingerprint
@@ -266,6 +291,32 @@ class Trainer:
                 f"cannot resume from {path}: the {', '.join(changed)} differ from that run's; "
                 "pass --force to resume anyway, or choose another --out"
             )
+
+    def _resumed_sample(self, state: dict) -> int:
+        """The global sample the resumed run continues from; says so when --force changed the batch shape."""
+        position = state.get("data_position") or {}
+        order = (state.get("fingerprint") or {}).get("data_order") or {}
+        if "samples" in position:
+            sample = position["samples"]
+        else:  # a checkpoint from before data positions were recorded
+            was = [order.get(k, getattr(self.config, k, self.world.size)) for k in self.CONVERTIBLE_ORDER]
+            sample = state["step"] * math.prod(was)
+        change = self.order_change
+        if change:
+            epochs = self._convert_epochs(state["step"], sample)
+            print0(
+                f"resuming with --force ({change}): step {state['step']} ended at sample {sample:,}; "
+                f"continuing from that sample, {self._global_batch():,} samples a step{epochs}"
+            )
+        return sample
+
+    def _convert_epochs(self, step: int, sample: int) -> str:
+        """Under --epochs, the steps left are those that take the samples left at the new batch shape."""
+        total = getattr(self.config, "epoch_samples", None)
+        if total is None:
+            return ""
+        self.config.max_steps = step + max(0, math.ceil((total - sample) / self._global_batch()))
+        return f", {self.config.max_steps - step:,} steps to finish {self.config.epochs:g} epochs"
 
     def fit(self) -> dict:
         """Train to max_steps (or the time limit); returns the last metrics row."""
@@ -345,7 +396,9 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = [self._to_device(self.train_batch(step, m)) for m in range(cfg.grad_accum)]
+        micro = [
+            self._to_device(self.train_batch(self._first_sample(step, m))) for m in range(cfg.grad_accum)
+        ]
         loss, _ = accumulate_gradients(
             self.model, micro, self.loss_fn, self.world, self.autocast, self.scaler
         )
@@ -445,7 +498,7 @@ class Trainer:
             state = {
                 "fingerprint": self.fingerprint,
                 "config": asdict(self.config),
-                "data_position": {"step": step, "samples": step * self._global_batch()},
+                "data_position": {"step": step, "samples": self._first_sample(step, 0, rank=0)},
                 "precision": self.precision.name,
                 **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
                 **self.task_state(),
@@ -462,6 +515,12 @@ class Trainer:
 
     def _global_batch(self) -> int:
         return self.config.batch_size * self.config.grad_accum * self.world.size
+
+    def _first_sample(self, step: int, micro: int, rank: int | None = None) -> int:
+        """The global sample where micro-batch `micro` of process `rank` (this one) begins in step `step`."""
+        rank = self.world.rank if rank is None else rank
+        begins = self.start_sample + (step - self.start_step) * self._global_batch()
+        return begins + (micro * self.world.size + rank) * self.config.batch_size
 
     def _save_model(self, directory: Path, state_dict: dict) -> None:
         self.raw_model.save_pretrained(directory, state_dict=state_dict)

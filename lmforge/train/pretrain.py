@@ -176,7 +176,7 @@ def _model_config(config: PretrainConfig, tok):
 
 
 class _Batches(NamedTuple):
-    train: object  # (step, micro) -> batch dict
+    train: object  # first global sample -> batch dict of batch_size samples
     eval: list[dict]
     sample: object  # model -> text, or None for the loop's generated sample
 
@@ -200,14 +200,14 @@ def _batches(config: PretrainConfig, tok, train_file, val_file, world: World) ->
     n_eval = min(config.eval_batches * world.size, val.num_windows // val.batch_size)
     if make is None:
         evals = [_as_dict(b) for b in val.eval_batches(max(n_eval, 1))]
-        return _Batches(lambda s, m: _as_dict(train.batch(s, m)), evals, None)
+        return _Batches(lambda first: _as_dict(train.samples(first)), evals, None)
     from lmforge.data.objectives import ObjectiveBatches
 
-    train_batches = ObjectiveBatches(train, make, seed=config.seed, rank=world.rank)
+    train_batches = ObjectiveBatches(train, make, seed=config.seed)
     evals = ObjectiveBatches(val, make, seed=config.seed).eval_batches(max(n_eval, 1))
     sample = _fill_masks if config.objective == "mlm" else _write_spans
     return _Batches(
-        train_batches.batch, evals, functools.partial(sample, tok, evals[0], config.sample_tokens)
+        train_batches.samples, evals, functools.partial(sample, tok, evals[0], config.sample_tokens)
     )
 
 
