@@ -49,6 +49,42 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_device(name: str | torch.device | None) -> torch.device:
+    """The device asked for (None: default_device()), refused in one line unless this machine has it:
+    a check that costs nothing, for commands to make before they load a model or read data."""
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise LmforgeError(
+            f"unsupported device {str(name)!r}; lmforge runs on cpu, cuda, cuda:N (the Nth GPU) or mps"
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            )
+            raise LmforgeError(f"device {str(name)!r} is not available: {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            which = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise LmforgeError(
+                f"device {str(name)!r} does not exist: this machine has {count} CUDA GPU"
+                f"{'s' if count > 1 else ''} ({which}); pick one of them"
+            )
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps and mps.is_available()) or device.index not in (None, 0):
+            raise LmforgeError(
+                f"device {str(name)!r} is not available: Apple's MPS needs a Mac with Apple silicon (or an "
+                "AMD GPU) and a torch built for it; use --device cpu"
+            )
+    return device
+
+
 @functools.cache
 def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     """The CPU's model name and flags, from the first processor in /proc/cpuinfo (empty elsewhere)."""
