@@ -7,6 +7,7 @@ The public API:
     logits = model(input_ids)                  # (batch, seq, vocab)
     text = lmforge.generate(model, tok, "a prompt", max_new_tokens=50, temperature=0.0)
     vectors = lmforge.embed(encoder, tok, ["a sentence", "another"])  # (2, d_model), unit length
+    lmforge.fill_mask(bert, tok, "Paris is the [MASK] of France.")  # [{"token_str", "score", ...}]
     model.save_pretrained("OUT"); tok.save_pretrained("OUT")
 """
 
@@ -22,6 +23,7 @@ _EXPORTS = {
     "load_model": "lmforge.hf",
     "generate": "lmforge.inference",
     "embed": "lmforge.inference.embed",
+    "fill_mask": "lmforge.inference.fill_mask",
     "GenerationConfig": "lmforge.inference",
     "GPT2Config": "lmforge.models",
     "LlamaConfig": "lmforge.models",

@@ -91,8 +91,14 @@ class Tokenizer:
         literal text of a special token (say "<|endoftext|>" in user input) is encoded as plain text,
         so input text can never forge a control token.
         """
+        return self.encoding(text, add_special_tokens=add_special_tokens, allow_special=allow_special).ids
+
+    def encoding(
+        self, text: str, *, add_special_tokens: bool = True, allow_special: bool = False
+    ) -> tokenizers.Encoding:
+        """`encode`'s `tokenizers.Encoding` (ids, tokens, offsets), for callers that merge or post-process."""
         backend = self._backend if allow_special else self._plain_backend
-        return backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return backend.encode(text, add_special_tokens=add_special_tokens)
 
     def encode_batch(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, allow_special: bool = False
