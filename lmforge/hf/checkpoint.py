@@ -47,25 +47,17 @@ def tied_weights(model) -> dict[str, str]:
 
 
 def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
-    """A local directory, or a Hugging Face hub id downloaded (with huggingface_hub) to the cache."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise LmforgeError(f"{path} is a file; pass the checkpoint directory that holds config.json")
-    name = str(name_or_path)
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
+    """A checkpoint directory: a local one, a known model's, or a hub id's in the cache (lmforge.hub)."""
+    from lmforge.hub import resolve_model
 
-            patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-            return Path(snapshot_download(name, allow_patterns=patterns))
-        except Exception as e:  # no network, no such repo, no huggingface_hub
-            raise LmforgeError(
-                f"no directory {name!r}, and it could not be fetched from the hub "
-                f"({type(e).__name__}); pass a local checkpoint directory"
-            ) from None
-    raise LmforgeError(f"no checkpoint directory at {path}; pass a directory with config.json and weights")
+    path = resolve_model(name_or_path)
+    if path.suffix == ".gguf" and path.is_file():
+        raise LmforgeError(
+            f"{path} is a GGUF file; this needs a checkpoint directory (`lmforge convert` writes one)"
+        )
+    if not path.is_dir():
+        raise LmforgeError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+    return path
 
 
 def read_json(path: Path) -> dict:
@@ -131,10 +123,16 @@ def load_model(
     name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ):
     """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
+    from lmforge.hub import resolve_model
     from lmforge.models import build_model
     from lmforge.models.heads import TASK_MODELS, ClassifierConfig
 
-    ckpt_dir = resolve_checkpoint_dir(name_or_path)
+    path = resolve_model(name_or_path)
+    if path.suffix == ".gguf" and path.is_file():  # llama.cpp's single-file format (lmforge/gguf)
+        from lmforge.gguf import load_gguf_model
+
+        return load_gguf_model(path, dtype=dtype, device=device)
+    ckpt_dir = resolve_checkpoint_dir(path)
     hf_config = read_json(ckpt_dir / "config.json")
     model = build_model(from_hf_config(hf_config))
     task = head_task(hf_config)  # a *ForSequenceClassification or *ForQuestionAnswering checkpoint

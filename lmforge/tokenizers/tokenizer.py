@@ -299,9 +299,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
     A directory holds tokenizer.json, or GPT-2's vocab.json + merges.txt; tokenizer_config.json and
     special_tokens_map.json next to it name the special tokens, which are otherwise inferred from
-    conventional spellings ("<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", ...).
+    conventional spellings ("<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", ...). A .gguf file (or a
+    directory holding one) gives the tokenizer its metadata describes; a known name or a hub id is
+    resolved first (lmforge.hub).
     """
-    path = Path(path)
+    from lmforge.hub import resolve_model
+
+    path = resolve_model(path)
+    if path.suffix == ".gguf" and path.is_file():
+        from lmforge.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(path)
     expected = (
         "a directory with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), "
         "or a tokenizer.json file"

@@ -1,0 +1,286 @@
+"""Reading GGUF files (llama.cpp's single-file format, https://github.com/ggml-org/ggml/blob/master/docs/gguf.md).
+
+A GGUF file is a header of typed key-value metadata (`llama.block_count`, `tokenizer.ggml.tokens`, ...)
+followed by tensors under llama.cpp's names (`blk.0.attn_q.weight`), each in a ggml storage type:
+plain (F32, F16, BF16) or quantized in blocks (Q8_0, Q4_0, Q4_1, the K-quants Q4_K, Q5_K, Q6_K, ...).
+Here the metadata becomes an lmforge config, and the tensors, dequantized to float by the `gguf`
+package, become an lmforge state dict.
+
+Two layout differences from a Hugging Face checkpoint are undone on the way:
+- llama.cpp rotates interleaved pairs (x0, x1), (x2, x3), ... of each head, while lmforge (like Hugging
+  Face) rotates the first half of a head against its second half. Its converter therefore permutes the
+  rows of the Q and K projections within each head; `unpermute_rope_rows` puts them back.
+- GPT-2's fused `attn_qkv` is split into the q, k and v projections.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.models import GPT2Config, LlamaConfig
+
+ARCHITECTURES = ("llama", "gpt2")
+
+# lmforge config field <- GGUF key (after the `{architecture}.` prefix).
+LLAMA_KEYS = [
+    ("max_seq_len", "context_length"),
+    ("d_model", "embedding_length"),
+    ("n_layers", "block_count"),
+    ("n_heads", "attention.head_count"),
+    ("n_kv_heads", "attention.head_count_kv"),
+    ("d_head", "attention.key_length"),
+    ("d_ff", "feed_forward_length"),
+    ("norm_eps", "attention.layer_norm_rms_epsilon"),
+    ("rope_theta", "rope.freq_base"),
+]
+GPT2_KEYS = [
+    ("max_seq_len", "context_length"),
+    ("d_model", "embedding_length"),
+    ("n_layers", "block_count"),
+    ("n_heads", "attention.head_count"),
+    ("d_ff", "feed_forward_length"),
+    ("norm_eps", "attention.layer_norm_epsilon"),
+]
+TOKEN_ID_KEYS = [
+    ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+    ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+    ("pad_token_id", "tokenizer.ggml.padding_token_id"),
+]
+# Tokens that also end a turn (Llama 3's <|eot_id|>): they join EOS in generation_config.
+EXTRA_EOS_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+
+# GGUF tensor name -> lmforge name. Outside the blocks:
+GLOBAL_TENSORS = {
+    "token_embd": "embed",
+    "position_embd": "pos_embed",
+    "output_norm": "norm",
+    "output": "lm_head",
+}
+# Inside block i (`blk.{i}.NAME` -> `blocks.{i}.NAME`):
+LAYER_TENSORS = {
+    "attn_norm": "attn_norm",
+    "attn_q": "attn.q_proj",
+    "attn_k": "attn.k_proj",
+    "attn_v": "attn.v_proj",
+    "attn_output": "attn.o_proj",
+    "ffn_norm": "mlp_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+FUSED_QKV = "attn_qkv"  # GPT-2: q, k and v stacked along the output rows
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+@dataclass
+class GGUFFile:
+    """A GGUF file's metadata (plain Python values) and its tensors (read lazily through a memory map)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, Any]  # GGUF name -> gguf.ReaderTensor
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "")
+
+    def arch_value(self, key: str, default: Any = None) -> Any:
+        """The architecture's own `{architecture}.{key}` entry."""
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape in PyTorch order (GGUF lists dimensions fastest-first)."""
+        return tuple(int(n) for n in reversed(self.tensors[name].shape))
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Open a GGUF file (cached: the model and its tokenizer read the same file)."""
+    path = Path(path).resolve()
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise LmforgeError(f"cannot read {path} ({e.strerror})") from None
+    return _read_gguf(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gguf(path: Path, mtime_ns: int, size: int) -> GGUFFile:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        metadata = {name: field.contents() for name, field in reader.fields.items()}
+    except Exception as e:  # the reader raises ValueError, struct and index errors for a bad file
+        raise LmforgeError(
+            f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it is truncated or not GGUF"
+        ) from None
+    return GGUFFile(path, metadata, {t.name: t for t in reader.tensors})
+
+
+def _float32_value(value: float) -> float:
+    # GGUF stores float32: 1e-5 arrives as 9.999999747378752e-06. Its shortest float32 spelling
+    # gives the number the model was configured with (and a clean config.json).
+    return float(str(np.float32(value)))
+
+
+def model_config(file: GGUFFile) -> LlamaConfig | GPT2Config:
+    """The lmforge config the file's metadata describes."""
+    arch = file.architecture
+    if arch not in ARCHITECTURES:
+        raise LmforgeError(
+            f"{file.path.name}: unsupported GGUF architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}"
+        )
+    if "token_embd.weight" not in file.tensors:
+        raise LmforgeError(f"{file.path.name} has no token_embd.weight; it is not a language model file")
+    keys = LLAMA_KEYS if arch == "llama" else GPT2_KEYS
+    fields = {ours: file.arch_value(theirs) for ours, theirs in keys if file.arch_value(theirs) is not None}
+    fields.update({ours: file.metadata[key] for ours, key in TOKEN_ID_KEYS if key in file.metadata})
+    fields["vocab_size"] = file.shape("token_embd.weight")[0]
+    for name in ("norm_eps", "rope_theta"):
+        if name in fields:
+            fields[name] = _float32_value(fields[name])
+    if arch == "llama":
+        fields.update(_llama_fields(file, fields))
+    try:
+        return (LlamaConfig if arch == "llama" else GPT2Config)(**fields)
+    except (TypeError, ValueError) as e:
+        raise LmforgeError(f"{file.path.name}: invalid {arch} metadata ({e})") from None
+
+
+def _llama_fields(file: GGUFFile, fields: dict) -> dict:
+    name = file.path.name
+    if file.arch_value("expert_count", 0):
+        raise LmforgeError(
+            f"{name} is a mixture-of-experts model (Mixtral-style); only dense llama is supported"
+        )
+    if isinstance(fields.get("n_kv_heads"), list):
+        raise LmforgeError(
+            f"{name} has a different number of key/value heads per layer; this is not supported"
+        )
+    d_head = fields.get("d_head") or fields["d_model"] // fields["n_heads"]
+    if file.arch_value("rope.dimension_count", d_head) != d_head:
+        raise LmforgeError(f"{name} rotates only part of each head (partial RoPE); this is not supported")
+    if file.arch_value("attention.value_length", d_head) != d_head:
+        raise LmforgeError(f"{name} has value heads of another size than key heads; this is not supported")
+    if "rope_freqs.weight" in file.tensors:
+        raise LmforgeError(
+            f"{name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling); this is not supported"
+        )
+    kind = file.arch_value("rope.scaling.type", "none")
+    if kind not in ("none", "linear"):
+        raise LmforgeError(f"{name}: unsupported RoPE scaling {kind!r}; supported: none, linear")
+    scaling = None
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": _float32_value(file.arch_value("rope.scaling.factor"))}
+    return {
+        "d_head": d_head,
+        "rope_scaling": scaling,
+        "tie_embeddings": "output.weight" not in file.tensors,
+        "attention_bias": "blk.0.attn_q.bias" in file.tensors,
+        "mlp_bias": "blk.0.ffn_up.bias" in file.tensors,
+    }
+
+
+def generation_eos_ids(file: GGUFFile) -> list[int]:
+    """EOS and the other ids that end a reply (end of turn, end of message), without repeats."""
+    ids = [file.metadata.get(key) for key in ("tokenizer.ggml.eos_token_id", *EXTRA_EOS_KEYS)]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def dequantize(file: GGUFFile, name: str) -> torch.Tensor:
+    """One tensor as float32, whatever its storage type."""
+    from gguf.quants import dequantize as gguf_dequantize
+
+    tensor = file.tensors[name]
+    try:
+        values = gguf_dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise LmforgeError(
+            f"{file.path.name}: tensor {name} has type {tensor.tensor_type.name}, which the installed "
+            "gguf package cannot dequantize; upgrade it (pip install -U gguf)"
+        ) from None
+    # A copy: plain F32 tensors would otherwise stay views of the read-only memory map.
+    return torch.from_numpy(np.array(values, dtype=np.float32).reshape(file.shape(name)))
+
+
+def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of a Q or K projection's output rows (weight or bias).
+
+    Within each head, its converter moved row j of the first half to 2j and row j of the second half to
+    2j + 1, so that its RoPE can rotate adjacent pairs; this moves them back to halves.
+    """
+    d_half = weight.shape[0] // n_heads // 2
+    rows = weight.reshape(n_heads, d_half, 2, *weight.shape[1:])  # (heads, d_head / 2, pair, ...)
+    return rows.transpose(1, 2).reshape(weight.shape)  # (heads, half, d_head / 2, ...) flattened
+
+
+def state_dict(file: GGUFFile, config, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The file's tensors under lmforge names, in dtype; unknown tensors are an error."""
+    state = {}
+    for name in file.tensors:
+        tensor = dequantize(file, name)
+        for ours, value in _lmforge_tensors(file, name, tensor, config).items():
+            state[ours] = value.to(dtype)
+    if "lm_head.weight" not in state and getattr(config, "tie_embeddings", True):
+        state["lm_head.weight"] = state["embed.weight"]
+    return state
+
+
+def _lmforge_tensors(file: GGUFFile, name: str, tensor: torch.Tensor, config) -> dict[str, torch.Tensor]:
+    stem, _, kind = name.rpartition(".")
+    if stem in GLOBAL_TENSORS:
+        if stem == "output" and config.model_type == "gpt2":
+            # NOTE: lmforge's GPT-2 ties its head to the embedding. llama.cpp writes the head as a copy
+            # of token_embd (possibly quantized another way); the embedding is taken for both.
+            return {}
+        return {f"{GLOBAL_TENSORS[stem]}.{kind}": tensor}
+    match = _LAYER_NAME.fullmatch(name)
+    if match is None or (match[2] not in LAYER_TENSORS and match[2] != FUSED_QKV):
+        raise LmforgeError(f"{file.path.name} has a tensor lmforge does not know: {name}")
+    i, part, kind = match.groups()
+    prefix = f"blocks.{i}."
+    if part == FUSED_QKV:
+        q, k, v = tensor.chunk(3, dim=0)
+        return {f"{prefix}attn.{x}_proj.{kind}": t for x, t in zip("qkv", (q, k, v))}
+    if part == "attn_q" and config.model_type == "llama":
+        tensor = unpermute_rope_rows(tensor, config.n_heads)
+    elif part == "attn_k" and config.model_type == "llama":
+        tensor = unpermute_rope_rows(tensor, config.n_kv_heads)
+    return {f"{prefix}{LAYER_TENSORS[part]}.{kind}": tensor}
+
+
+def load_gguf_model(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
+    """A llama or GPT-2 model from a GGUF file, dequantized to dtype, in eval mode."""
+    from lmforge.models import build_model
+
+    file = read_gguf(path)
+    config = model_config(file)
+    model = build_model(config)
+    state = state_dict(file, config, dtype)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has an extra {unexpected[0]}"
+        raise LmforgeError(f"{file.path.name} {what}; it does not match its own metadata")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise LmforgeError(
+                f"{file.path.name}: tensor {key} has shape {tuple(state[key].shape)} but the metadata "
+                f"implies {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state)
+    eos_ids = generation_eos_ids(file)
+    if len(eos_ids) > 1:
+        model.generation_config = {"eos_token_id": eos_ids}
+    model.name_or_path = str(file.path)
+    return model.to(device=device, dtype=dtype).eval()
