@@ -193,17 +193,17 @@ def _logits_source(model, batch: TokenBuffer, config: GenerationConfig, capacity
 
 
 def _chat_prompt(tok, text: str) -> list[int]:
-    """The ids of `text` as a user's message under the tokenizer's chat template, ready for the reply."""
-    from lmforge.data.tasks.instruct import render_chat
+    """The ids of `text` as a user's message under the tokenizer's chat template, ready for the reply.
+    As in training, the template writes the special tokens; the user's text stays text, even where it
+    spells one ("<|im_end|>")."""
+    from lmforge.tokenizers.chat import encode_chat
 
     if tok.chat_template is None:
         raise LmforgeError(
             "this model's tokenizer has no chat template, so --chat cannot write the prompt; fine-tune it with "
             "--task instruct (which saves one), or leave out --chat"
         )
-    rendered = render_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
-    # As in training: the template writes any special tokens itself.
-    return tok.encode(rendered, add_special_tokens=False, allow_special=True)
+    return encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
 
 
 def _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows):

@@ -6,12 +6,11 @@ Two shapes, told apart per line:
 - chat: {"messages": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}, as OpenAI's and
   Hugging Face's chat formats.
 
-A conversation is rendered to text by the tokenizer's chat template (Jinja, as `transformers`'
-`apply_chat_template`: variables messages, add_generation_prompt, bos_token, eos_token). A tokenizer with no
-template gets DEFAULT_CHAT_TEMPLATE, stored on it (`ensure_chat_template`), so that the fine-tuned model is
-saved with the template it was trained on and `lmforge chat` renders prompts the same way:
-
-    <|system|>\n{content}\n<|user|>\n{content}\n<|assistant|>\n{content}{eos_token}<|user|>\n...
+A conversation is rendered and encoded by the tokenizer's chat template (lmforge/tokenizers/chat.py, whose
+names DEFAULT_CHAT_TEMPLATE, ensure_chat_template and render_chat this module re-exports). A tokenizer with
+no template gets the default one, stored on it, so that the fine-tuned model is saved with the template it
+was trained on and `lmforge chat` renders prompts the same way. Only the template writes special tokens:
+a row whose text spells "<|im_end|>" or the eos token trains on that text, never on the control token.
 
 Labels: the loss covers the assistant's replies only (Ouyang et al. 2022): every prompt token (system, user,
 the template's role markers) is labelled IGNORE_INDEX. Each reply is the text the template adds between
@@ -25,8 +24,6 @@ input's last tokens with the reply header); generation at evaluation cuts prompt
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +32,12 @@ from typing import Any
 from lmforge.data.readers import jsonl_objects
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
+from lmforge.tokenizers.chat import DEFAULT_CHAT_TEMPLATE as DEFAULT_CHAT_TEMPLATE
+from lmforge.tokenizers.chat import encode_chat_turns
+from lmforge.tokenizers.chat import ensure_chat_template as ensure_chat_template
+from lmforge.tokenizers.chat import render_chat as render_chat
 from lmforge.train.loss import IGNORE_INDEX
 
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
 ROLES = ("system", "user", "assistant")
 # Tokens kept from the end of a prompt cut to fit (`fit_prompt`): the input's last words and the reply header.
 PROMPT_TAIL = 16
@@ -93,47 +87,6 @@ def _message(message: Any, where: str) -> dict[str, str]:
     if message.get("role") not in ROLES:
         raise LmforgeError(f"{where}: message role {message.get('role')!r} is not one of {', '.join(ROLES)}")
     return {"role": message["role"], "content": message["content"]}
-
-
-def ensure_chat_template(tokenizer: Tokenizer) -> str:
-    """The tokenizer's chat template; one without gets DEFAULT_CHAT_TEMPLATE, stored on it."""
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    return tokenizer.chat_template
-
-
-def render_chat(
-    tokenizer: Tokenizer, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool
-) -> str:
-    """The text of a conversation under the tokenizer's chat template (the default when it has none)."""
-    template = _compile(ensure_chat_template(tokenizer))
-    roles = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
-    try:
-        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **roles)
-    except Exception as e:  # a template's raise_exception(), or any Jinja runtime error
-        raise LmforgeError(f"the chat template cannot render this conversation: {e}") from None
-
-
-@functools.lru_cache(maxsize=8)
-def _compile(source: str):
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str):
-        raise TemplateError(message)
-
-    # The same environment as transformers, so that templates written for it behave the same here.
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.globals["raise_exception"] = raise_exception
-    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-    try:
-        return env.from_string(source)
-    except TemplateError as e:
-        raise LmforgeError(
-            f"the tokenizer's chat template is not valid Jinja ({e}); fix chat_template"
-        ) from None
 
 
 def encode_instructions(
@@ -192,34 +145,19 @@ def _fit(input_ids: list[int], labels: list[int], max_length: int) -> tuple[list
 
 def encode_conversation(tokenizer: Tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation: prompt segments labelled IGNORE_INDEX, replies by their ids."""
-    messages = list(conversation.messages)
-    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if not replies:
+    if not any(m["role"] == "assistant" for m in conversation.messages):
         raise LmforgeError(
             f"{conversation.where} has no assistant message; there is nothing to learn from it"
         )
+    try:  # messages after the last reply carry no loss, and are left out
+        turns = encode_chat_turns(tokenizer, conversation.messages)
+    except LmforgeError as e:
+        raise LmforgeError(f"{conversation.where}: {e}" if conversation.where else str(e)) from None
     input_ids: list[int] = []
     labels: list[int] = []
-    done = ""  # the text encoded so far
-    for i in replies:  # messages after the last reply carry no loss, and are left out
-        prompt = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        full = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise LmforgeError(
-                f"{conversation.where}: the chat template does not render each turn as a continuation of the "
-                "previous ones, so prompt and reply tokens cannot be told apart; use a template that does"
-            )
-        prompt_ids = _encode(tokenizer, prompt[len(done) :])
-        reply_ids = _encode(tokenizer, full[len(prompt) :])
+    for prompt_ids, reply_ids in turns:
         if tokenizer.eos_token_id not in reply_ids:
-            reply_ids.append(tokenizer.eos_token_id)
+            reply_ids = [*reply_ids, tokenizer.eos_token_id]
         input_ids += prompt_ids + reply_ids
         labels += [IGNORE_INDEX] * len(prompt_ids) + reply_ids
-        done = full
     return input_ids, labels
-
-
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
-    # The template writes special tokens (eos, role markers) as text: they must encode as themselves.
-    # As in transformers, no post-processor: a template that wants a bos writes it.
-    return tokenizer.encode(text, add_special_tokens=False, allow_special=True)

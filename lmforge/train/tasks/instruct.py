@@ -103,13 +103,14 @@ def _decoder(path: str):
 
 
 def prompt_and_reply(tokenizer, conversation) -> tuple[list[int], str]:
-    """(prompt ids: the conversation up to its last reply, with the generation prompt; that reply's text)."""
-    from lmforge.data.tasks import render_chat
+    """(prompt ids: the conversation up to its last reply, with the generation prompt; that reply's text).
+    Only the template writes special tokens: the messages' text is encoded as text (tokenizers/chat.py)."""
+    from lmforge.tokenizers.chat import encode_chat
 
     messages = list(conversation.messages)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = render_chat(tokenizer, messages[:last], add_generation_prompt=True)
-    return tokenizer.encode(prompt, add_special_tokens=False, allow_special=True), messages[last]["content"]
+    prompt = encode_chat(tokenizer, messages[:last], add_generation_prompt=True)
+    return prompt, messages[last]["content"]
 
 
 @torch.no_grad()
