@@ -11,11 +11,14 @@ Two layout differences from a Hugging Face checkpoint are undone on the way:
   Face) rotates the first half of a head against its second half. Its converter therefore permutes the
   rows of the Q and K projections within each head; `unpermute_rope_rows` puts them back.
 - GPT-2's fused `attn_qkv` is split into the q, k and v projections.
+Llama 3.1's RoPE scaling arrives as a tensor of per-frequency divisors (`rope_freqs`); it is read back
+into the `llama3` rope_scaling it came from.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,22 +173,54 @@ def _llama_fields(file: GGUFFile, fields: dict) -> dict:
         raise LmforgeError(f"{name} rotates only part of each head (partial RoPE); this is not supported")
     if file.arch_value("attention.value_length", d_head) != d_head:
         raise LmforgeError(f"{name} has value heads of another size than key heads; this is not supported")
-    if "rope_freqs.weight" in file.tensors:
-        raise LmforgeError(
-            f"{name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling); this is not supported"
-        )
     kind = file.arch_value("rope.scaling.type", "none")
     if kind not in ("none", "linear"):
-        raise LmforgeError(f"{name}: unsupported RoPE scaling {kind!r}; supported: none, linear")
+        raise LmforgeError(f"{name}: unsupported RoPE scaling {kind!r}; supported: none, linear, llama3")
     scaling = None
     if kind == "linear":
         scaling = {"rope_type": "linear", "factor": _float32_value(file.arch_value("rope.scaling.factor"))}
+    if "rope_freqs.weight" in file.tensors:
+        theta = fields.get("rope_theta", 10000.0)
+        scaling = llama3_scaling(dequantize(file, "rope_freqs.weight"), d_head, theta, name)
     return {
         "d_head": d_head,
         "rope_scaling": scaling,
         "tie_embeddings": "output.weight" not in file.tensors,
         "attention_bias": "blk.0.attn_q.bias" in file.tensors,
         "mlp_bias": "blk.0.ffn_up.bias" in file.tensors,
+    }
+
+
+def llama3_scaling(factors: torch.Tensor, d_head: int, theta: float, name: str) -> dict | None:
+    """Llama 3.1's rope_scaling, from the per-frequency factors (`rope_freqs`) llama.cpp stores instead.
+
+    Its converter divides frequency i by factor_i: 1 at short wavelengths, `factor` at long ones, and
+    1 / ((1 - s) / factor + s) between, where s = (L / wavelength - low) / (high - low) is linear in
+    1 / wavelength. Two factors in that band fix the line, and with it the rotation whatever the original
+    length L; Llama 3's 8192 is taken, which gives back its own low and high factors.
+    """
+    factors = factors.double()
+    factor = float(factors.max())
+    if factor == 1.0:
+        return None
+    wavelength = 2 * math.pi * theta ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
+    smooth = (1 / factors - 1 / factor) / (1 - 1 / factor)
+    band = (smooth > 1e-4) & (smooth < 1 - 1e-4)
+    if int(band.sum()) < 2:
+        raise LmforgeError(
+            f"{name}: its RoPE factors (rope_freqs) are not Llama 3.1's scaling; not supported"
+        )
+    x, y = 1 / wavelength[band], smooth[band]
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    intercept = float(y.mean()) - slope * float(x.mean())
+    old_len = 8192
+    low = -intercept * old_len / slope
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": round(low, 4),
+        "high_freq_factor": round(low + old_len / slope, 4),
+        "original_max_position_embeddings": old_len,
     }
 
 
@@ -236,6 +271,8 @@ def state_dict(file: GGUFFile, config, dtype: torch.dtype = torch.float32) -> di
 
 def _lmforge_tensors(file: GGUFFile, name: str, tensor: torch.Tensor, config) -> dict[str, torch.Tensor]:
     stem, _, kind = name.rpartition(".")
+    if stem == "rope_freqs":  # Llama 3.1's RoPE scaling, read into the config (llama3_scaling)
+        return {}
     if stem in GLOBAL_TENSORS:
         if stem == "output" and config.model_type == "gpt2":
             # NOTE: lmforge's GPT-2 ties its head to the embedding. llama.cpp writes the head as a copy

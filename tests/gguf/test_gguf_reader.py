@@ -10,6 +10,7 @@ from tiny_gguf import Q, hf_from_gguf, logits, write_gpt2, write_llama
 import lmforge
 from lmforge.errors import LmforgeError
 from lmforge.hf import resolve_checkpoint_dir
+from lmforge.nn.position import rope_frequencies
 from lmforge.tokenizers import train_tokenizer
 
 VOCAB = 400
@@ -50,6 +51,20 @@ def test_llama_f32_equals_the_model_it_was_written_from(tmp_path, tok):
     model = lmforge.load_model(tmp_path / "tiny.gguf")
     assert model.config.n_kv_heads == 2 and not model.config.tie_embeddings
     torch.testing.assert_close(logits(model, _ids(tok)), logits(hf, _ids(tok)), atol=1e-5, rtol=0)
+
+
+def test_llama3_rope_factors_become_its_rope_scaling(tmp_path, tok):
+    """Llama 3.1's scaling reaches a GGUF file only as per-frequency divisors (rope_freqs); read back as
+    rope_scaling it rotates as the source model does (a window longer than the original length)."""
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 8.0}
+    hf = _llama(tmp_path, rope_scaling={**rope, "original_max_position_embeddings": 128})
+    write_llama(tmp_path / "llama3.gguf", hf, tok)
+    model = lmforge.load_model(tmp_path / "llama3.gguf")
+    scaling = model.config.rope_scaling
+    assert scaling["rope_type"] == "llama3" and scaling["factor"] == 8.0
+    ids = (_ids(tok) * 10)[:120]
+    torch.testing.assert_close(logits(model, ids), logits(hf, ids), atol=1e-5, rtol=0)
+    assert not torch.allclose(model.pos_embed.inv_freq, rope_frequencies(16, 10000.0))  # scaling mattered
 
 
 def test_llama_quantized_types_equal_transformers_reading_the_same_file(tmp_path, tok):

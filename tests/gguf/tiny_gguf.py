@@ -23,6 +23,23 @@ def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
+def llama_cpp_rope_factors(rope: dict, d_head: int) -> np.ndarray:
+    """llama.cpp's converter for Llama 3.1 scaling: one divisor per frequency (the rope_freqs tensor)."""
+    inv_freq = 1.0 / rope["rope_theta"] ** (np.arange(0, d_head, 2, dtype=np.float64) / d_head)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_len = rope["original_max_position_embeddings"]
+    factors = []
+    for wavelength in 2 * np.pi / inv_freq:
+        if wavelength < old_len / high:
+            factors.append(1.0)
+        elif wavelength > old_len / low:
+            factors.append(factor)
+        else:
+            smooth = (old_len / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
 def random_kquant(rows: int, cols: int, qtype, rng: np.random.Generator) -> np.ndarray:
     """Random K-quant blocks (the gguf package can read but not write them) with small, finite scales."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -113,6 +130,9 @@ def write_llama(path, hf_model, tok, *, types: dict[str, object] | None = None, 
         names.update(
             {f"model.layers.{i}.{hf}.weight": f"blk.{i}.{ours}.weight" for hf, ours in layer.items()}
         )
+    if config.rope_parameters.get("rope_type") == "llama3":
+        d_head = config.hidden_size // config.num_attention_heads
+        writer.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(config.rope_parameters, d_head))
     for hf_name, name in names.items():
         values = state[hf_name]
         if ".attn_q." in name:
