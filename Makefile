@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-bf16 demo lint bench bench-quick clean
+.PHONY: install test test-bf16 demo chat lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ lint: install
 demo: install
 	$(BIN)/lmforge pretrain --config configs/demo.toml
 	$(BIN)/lmforge generate --model runs/demo --prompt "class Stack:" --echo --max-new-tokens 200 --temperature 0.6 --top-k 40 --seed 0
+
+# Talk with SmolLM2-135M-Instruct (a real chat model, installed offline by `make install`): /exit ends it.
+chat: install
+	$(BIN)/lmforge chat --model smollm2
 
 bench: install
 	$(BIN)/python -m bench

@@ -43,7 +43,7 @@ def _add_progress_flag(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args) -> None:
     import lmforge
-    from lmforge.device import default_device, resolve_dtype
+    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
 
     recipe = cfg.load_recipe(args.config) if args.config else None
@@ -51,7 +51,7 @@ def cmd_generate(args) -> None:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
         raise LmforgeError("empty prompt; pass --prompt TEXT (or --prompt - to read it from standard input)")
-    device = args.device or default_device()
+    device = check_device(args.device)
     model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
     tok = lmforge.load_tokenizer(args.model)
     timings: dict = {}
@@ -102,7 +102,7 @@ def _read_texts(path: str, what: str) -> list[str]:
 def _embed_lines(args, texts: list[str]):
     """Load the encoder and embed texts, reporting on stderr how many were cut to its maximum."""
     import lmforge
-    from lmforge.device import default_device, resolve_dtype
+    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference.embed import (
         check_encoder,
         count_too_long,
@@ -110,7 +110,7 @@ def _embed_lines(args, texts: list[str]):
         read_sentence_settings,
     )
 
-    device = args.device or default_device()
+    device = check_device(args.device)
     model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
     check_encoder(model)
     tok = lmforge.load_tokenizer(args.model)
@@ -152,8 +152,6 @@ def cmd_search(args) -> None:
     corpus = _read_texts(args.corpus, "corpus")
     if not args.query.strip():
         raise LmforgeError("empty query; pass --query TEXT")
-    if args.top_k < 1:
-        raise LmforgeError(f"--top-k must be at least 1, got {args.top_k}")
     vectors = _embed_lines(args, [args.query, *corpus])
     vectors = F.normalize(vectors, dim=-1)  # cosine scores, whatever the model's own normalisation
     scores = vectors[1:] @ vectors[0]
@@ -206,11 +204,13 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from lmforge.device import check_device
     from lmforge.eval.metrics import format_table
     from lmforge.train.finetune import FinetuneConfig, write_metrics
     from lmforge.train.tasks import get_task
 
     config = cfg.build(FinetuneConfig, args)
+    check_device(config.device)  # before anything is loaded
     metrics = get_task(config.task)(config).evaluate(Path(args.data))
     print(format_table({k: v for k, v in metrics.items() if isinstance(v, int | float)}))
     # Beside the fine-tuning run's own metrics.json, never over it: one file per evaluated data file.
@@ -317,7 +317,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data", nargs="+", help="text files or directories (default: the built-in corpus)")
     p.add_argument("--glob", default="*.txt", help="which files to take from directories (default: *.txt)")
     p.add_argument(
-        "--vocab-size", type=int, required=True, help="the number of tokens, special ones included"
+        "--vocab-size",
+        type=cfg.field_flag(PrepareConfig, "vocab_size"),
+        required=True,
+        help="the number of tokens, special ones included",
     )
     from lmforge.tokenizers.train import KINDS
 
@@ -359,6 +362,7 @@ EVALUATE_FLAGS = (
 
 def _add_finetune_verbs(verbs) -> None:
     from lmforge.train.finetune import FinetuneConfig
+    from lmforge.train.loop import TrainConfig
 
     p = verbs.add_parser(
         "finetune",
@@ -391,8 +395,18 @@ def _add_finetune_verbs(verbs) -> None:
     p = verbs.add_parser("classify", help="print the predicted label of each line of a file")
     p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")
     p.add_argument("--input", required=True, help="a text file, one text per line")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per text (default: 512)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--max-length",
+        type=cfg.field_flag(FinetuneConfig, "max_length"),
+        default=512,
+        help="tokens per text (default: 512)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cfg.field_flag(TrainConfig, "batch_size"),
+        default=32,
+        help="texts per forward pass (default: 32)",
+    )
     p.add_argument(
         "--probs", action="store_true", help="print each label's probability after it: LABEL<tab>PROBABILITY"
     )
@@ -415,14 +429,30 @@ def _add_finetune_verbs(verbs) -> None:
     )
     p.add_argument("--question", help="one question (with --context-file) instead of --input")
     p.add_argument("--context-file", help="a UTF-8 text file: the context of --question")
-    p.add_argument("--max-length", type=int, default=384, help="tokens per window (default: 384)")
     p.add_argument(
-        "--stride", type=int, default=128, help="tokens shared by consecutive windows (default: 128)"
+        "--max-length",
+        type=cfg.field_flag(FinetuneConfig, "max_length"),
+        default=384,
+        help="tokens per window (default: 384)",
     )
     p.add_argument(
-        "--max-answer-length", type=int, default=30, help="the longest answer, in tokens (default: 30)"
+        "--stride",
+        type=cfg.field_flag(FinetuneConfig, "stride"),
+        default=128,
+        help="tokens shared by consecutive windows (default: 128)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
+    p.add_argument(
+        "--max-answer-length",
+        type=cfg.field_flag(FinetuneConfig, "max_answer_length"),
+        default=30,
+        help="the longest answer, in tokens (default: 30)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cfg.field_flag(TrainConfig, "batch_size"),
+        default=32,
+        help="windows per forward pass (default: 32)",
+    )
     p.add_argument(
         "--always-answer",
         action="store_true",
@@ -432,8 +462,15 @@ def _add_finetune_verbs(verbs) -> None:
 
 
 def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    from lmforge.train.loop import TrainConfig
+
     p.add_argument("--model", required=True, help="an encoder checkpoint (BERT, sentence-transformers)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--batch-size",
+        type=cfg.field_flag(TrainConfig, "batch_size"),
+        default=32,
+        help="texts per forward pass (default: 32)",
+    )
     p.add_argument(
         "--no-truncate",
         action="store_true",
@@ -454,7 +491,12 @@ def _add_embedding_verbs(verbs) -> None:
     p = verbs.add_parser("search", help="rank a file's lines by cosine similarity to a query")
     p.add_argument("--corpus", required=True, help="a text file, one document per line")
     p.add_argument("--query", required=True)
-    p.add_argument("--top-k", type=int, default=5, help="how many matches to print (default: 5)")
+    p.add_argument(
+        "--top-k",
+        type=cfg.number_flag("--top-k", int, ge=1),
+        default=5,
+        help="how many matches to print (default: 5)",
+    )
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_search)
 
@@ -490,7 +532,9 @@ def _add_model_verbs(verbs) -> None:
         "convert", help="write a model (a .gguf file, a known name, a hub id) as a Hugging Face checkpoint"
     )
     p.add_argument("model", metavar="MODEL", help="a .gguf file, checkpoint directory, known name or hub id")
-    p.add_argument("--out", required=True, help="directory for config.json, safetensors weights, tokenizer files")
+    p.add_argument(
+        "--out", required=True, help="directory for config.json, safetensors weights, tokenizer files"
+    )
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.set_defaults(func=cmd_convert)
 

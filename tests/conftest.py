@@ -54,6 +54,7 @@ def make_hf_llama(
     intermediate_size=100,
     tie=False,
     rope_scaling=None,
+    max_position_embeddings=128,
     seed=0,
 ):
     """A tiny random LlamaForCausalLM saved at path; returns the transformers model."""
@@ -66,7 +67,7 @@ def make_hf_llama(
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
         intermediate_size=intermediate_size,
-        max_position_embeddings=128,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie,
         rope_scaling=rope_scaling,
         bos_token_id=1,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmforge.config import INT64, bounded, check_fields
 from lmforge.data.readers import ReadStats, read_dataset, read_files
 from lmforge.data.sources import builtin_corpus_files, expand_paths
 from lmforge.data.tokens import FORMAT, token_dtype
@@ -57,10 +58,13 @@ class PrepareConfig:
     dataset_column: str = "text"  # the text column of --dataset
     tokenizer: str | None = None  # a tokenizer directory; None trains one of --tokenizer-kind on the data
     tokenizer_kind: str = "bpe"  # of the tokenizer trained: bpe, wordpiece (for mlm), unigram (for span)
-    vocab_size: int = 4096  # of the tokenizer trained when none is given
-    val_fraction: float = 0.01  # share of documents held out for validation
-    seed: int = 1337  # seeds the train/validation split
-    workers: int | None = None  # tokenizer threads; None: all cores
+    vocab_size: int = bounded(4096, ge=1, lt=2**31)  # of the tokenizer trained when none is given
+    val_fraction: float = bounded(0.01, gt=0, lt=0.5)  # share of documents held out for validation
+    seed: int = bounded(1337, ge=0, lt=INT64)  # seeds the train/validation split
+    workers: int | None = bounded(None, ge=1, le=1024)  # tokenizer threads; None: all cores
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def prepare(config: PrepareConfig, *, progress: bool = True) -> dict:
@@ -94,20 +98,15 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> dict:
 
 
 def _check_config(config: PrepareConfig) -> None:
+    check_fields(config)  # again: a field may have been set since
     if not config.out:
         raise LmforgeError("no output directory; pass --out DIR")
-    if not 0 < config.val_fraction < 0.5:
-        raise LmforgeError(
-            f"val_fraction {config.val_fraction} is out of range; pass 0 < --val-fraction < 0.5"
-        )
     if config.tokenizer is None and config.tokenizer_kind not in TOKENIZER_KINDS:
         raise LmforgeError(
             f"unknown tokenizer kind {config.tokenizer_kind!r}; pass --tokenizer-kind "
             f"{' or '.join(TOKENIZER_KINDS)}"
         )
     if config.workers is not None:
-        if config.workers < 1:
-            raise LmforgeError(f"workers {config.workers} is out of range; pass --workers 1 or more")
         # NOTE: rayon reads this once, when the first parallel encode in the process starts its threads.
         os.environ["RAYON_NUM_THREADS"] = str(config.workers)
 

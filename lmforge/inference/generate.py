@@ -9,13 +9,13 @@ work on exactly the text the caller would get in one piece.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.config import bounded, check_fields
 from lmforge.errors import LmforgeError
 from lmforge.inference.batch import TokenBuffer, next_token_logits
 from lmforge.inference.beam import beam_search
@@ -27,20 +27,25 @@ from lmforge.inference.stop import StopChecker
 from lmforge.models.decoder import CausalLM
 from lmforge.tokenizers import IncrementalDecoder
 
+# Beams are rows of one batch: past a few dozen they cost memory and time and no longer change the text.
+MAX_BEAMS = 64
+
 
 @dataclass
 class GenerationConfig:
     """How to generate. Temperature 0 is greedy; num_beams > 1 is beam search, which is deterministic
     (temperature, top_k and top_p do not apply to it) and cannot stream."""
 
-    max_new_tokens: int = 64  # tokens to generate at most
-    temperature: float = 0.8  # 0 means greedy
-    top_k: int | None = None  # sample among the k most likely tokens
-    top_p: float | None = None  # sample among the most likely tokens holding probability p, in (0, 1]
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already present
-    seed: int | None = None  # makes sampling reproducible
+    max_new_tokens: int = bounded(64, ge=0)  # tokens to generate at most
+    temperature: float = bounded(0.8, ge=0)  # 0 means greedy
+    top_k: int | None = bounded(None, ge=1)  # sample among the k most likely tokens
+    top_p: float | None = bounded(
+        None, gt=0, le=1
+    )  # sample among the most likely tokens holding probability p
+    repetition_penalty: float = bounded(1.0, gt=0)  # > 1 discourages tokens already present
+    seed: int | None = None  # makes sampling reproducible (any integer: taken modulo 2**63)
     stop: list[str] = field(default_factory=list)  # strings that end the text (never printed)
-    num_beams: int = 1  # > 1: beam search
+    num_beams: int = bounded(1, ge=1, le=MAX_BEAMS)  # > 1: beam search
     length_penalty: float = 1.0  # beam search: > 1 favours longer texts
     use_cache: bool = True  # KV cache (off recomputes every step)
     # torch.compile the decode step on a static KV cache; None: on for CUDA, off on CPU (where the
@@ -48,46 +53,31 @@ class GenerationConfig:
     use_compile: bool | None = None
 
     def __post_init__(self):
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop)
         self.validate()
 
     def validate(self) -> None:
-        """Raise LmforgeError naming the first field outside its allowed range."""
+        """Raise LmforgeError naming the first field outside its type or range (config.check_fields)."""
+        check_fields(self)  # numbers are finite: an infinite temperature or penalty means NaN logits
+        if not all(self.stop):
+            raise LmforgeError(f"stop must be a list of non-empty strings, got {self.stop!r}")
 
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
 
-        def is_number(value) -> bool:  # finite: an infinite temperature or penalty means NaN logits
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# generation_config.json's sampling settings, as GenerationConfig fields of the same meaning.
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
 
-        checks = [
-            ("max_new_tokens", is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "an integer >= 0"),
-            (
-                "temperature",
-                is_number(self.temperature) and self.temperature >= 0,
-                "a finite number >= 0 (0 is greedy)",
-            ),
-            ("top_k", self.top_k is None or (is_int(self.top_k) and self.top_k >= 1), "an integer >= 1"),
-            (
-                "top_p",
-                self.top_p is None or (is_number(self.top_p) and 0 < self.top_p <= 1),
-                "a number in (0, 1]",
-            ),
-            (
-                "repetition_penalty",
-                is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-                "a finite number > 0 (1 is no penalty)",
-            ),
-            ("seed", self.seed is None or is_int(self.seed), "an integer"),
-            ("num_beams", is_int(self.num_beams) and self.num_beams >= 1, "an integer >= 1"),
-            ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
-            ("use_compile", self.use_compile in (None, True, False), "True, False or None (automatic)"),
-        ]
-        for name, is_valid, allowed in checks:
-            if not is_valid:
-                raise LmforgeError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+
+def sampling_defaults(model) -> dict:
+    """The checkpoint's own sampling settings (its generation_config.json), as defaults for the flags:
+    `do_sample: false` means greedy; keys of the wrong type are left out, not trusted."""
+    saved = getattr(model, "generation_config", None) or {}
+    defaults = {
+        k: saved[k]
+        for k in SAMPLING_KEYS
+        if isinstance(saved.get(k), (int, float)) and not isinstance(saved.get(k), bool)
+    }
+    if saved.get("do_sample") is False:
+        defaults["temperature"] = 0.0
+    return defaults
 
 
 def generate_ids(
@@ -110,6 +100,7 @@ def generate_ids(
     For an encoder-decoder (T5) the prompts are the encoder's inputs: they are encoded once, and the
     decoder generates from its start token (which is not yielded).
     """
+    _check_can_generate(model)
     _check_prompts(model, prompts)
     prompt_len = max(len(p) for p in prompts)
     # The last new token is never fed back, so a full context still yields one more token.
@@ -122,6 +113,17 @@ def generate_ids(
     if config.num_beams > 1:
         return _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)
     return _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)
+
+
+def _check_can_generate(model) -> None:
+    """Refuse a model without a decoder (BERT, a classifier): it has no KV cache to decode with."""
+    if not hasattr(model, "new_cache"):
+        kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+        name = getattr(model, "name_or_path", None) or "this model"
+        raise LmforgeError(
+            f"{name} is an encoder ({kind}), which cannot generate text; generate needs a decoder (gpt2, "
+            "llama) or an encoder-decoder (t5); use an encoder with embed, search, classify or answer"
+        )
 
 
 def _check_prompts(model, prompts: list[list[int]]) -> None:
@@ -257,6 +259,15 @@ def generate(
     prompts = [
         _chat_prompt(tok, text) if chat else tok.encode(text, add_special_tokens=True) for text in texts
     ]
+    texts = generate_from_ids(model, tok, prompts, config, stream=stream, timings=timings)
+    return texts[0] if isinstance(prompt, str) and not stream else texts
+
+
+def generate_from_ids(
+    model, tok, prompts: list[list[int]], config: GenerationConfig, *, stream=False, timings=None
+):
+    """`generate` from prompts already encoded (a chat's conversation): a list of texts, one per
+    prompt, or with stream=True (one prompt) an iterator of its text pieces."""
     eos_token_ids = _eos_token_ids(model, tok)
     pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     ended_rows: set[int] = set()
@@ -271,8 +282,7 @@ def generate(
     outputs: list[list[str]] = [[] for _ in prompts]
     for row, piece in pieces:
         outputs[row].append(piece)
-    texts = ["".join(row_pieces) for row_pieces in outputs]
-    return texts[0] if isinstance(prompt, str) else texts
+    return ["".join(row_pieces) for row_pieces in outputs]
 
 
 def _timed(steps: Iterator[list[int | None]], timings: dict) -> Iterator[list[int | None]]:

@@ -158,8 +158,8 @@ def write_checkpoint(
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         reason = getattr(e, "strerror", None) or str(e)
         raise LmforgeError(f"could not write checkpoint {final}: {reason}; {kept}") from None
-    if keep_last:
-        for old in checkpoint_dirs(out)[:-keep_last]:
+    if keep_last is not None:  # NOTE: at least 1: [:-k] of a negative k would take the newest too
+        for old in checkpoint_dirs(out)[: -max(keep_last, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

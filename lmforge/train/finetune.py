@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from lmforge.device import check_precision, default_device, print0, seed_everything
+from lmforge.config import INT64, bounded
+from lmforge.device import check_device, check_precision, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import barrier, init_world, shutdown
-from lmforge.train.loop import TrainConfig, Trainer
+from lmforge.train.loop import MAX_SIZE, TrainConfig, Trainer
 from lmforge.train.tasks import TASKS, get_task
 
 _VALIDATION_NAMES = ("validation", "val", "dev")
@@ -64,29 +65,35 @@ class FinetuneConfig(TrainConfig):
         None  # the validation file (default: validation.* next to the train file, else every 10th example)
     )
     method: str = "full"  # full (every weight trains) or lora (low-rank adapters and the new head only)
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: float = 16.0  # LoRA scaling numerator (the update is scaled by alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA input
+    lora_r: int = bounded(8, ge=1, le=2**16)  # LoRA rank
+    lora_alpha: float = bounded(16.0, gt=0)  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = bounded(0.05, ge=0, lt=1)  # dropout on the LoRA input
     lora_targets: str | None = (
         None  # comma-separated layer names to adapt (default: the task's, q_proj,v_proj)
     )
     metric: str | None = (
         None  # the validation metric that picks OUT/best and drives --patience (default: the task's)
     )
-    patience: int = 0  # stop after this many evaluations without a better --metric (0: never stop early)
-    max_eval_examples: int = (
-        0  # validation examples scored at each evaluation (0: all; the final score uses all)
-    )
-    max_length: int = 128  # tokens per example (the source, for seq2seq), special tokens included
+    patience: int = bounded(
+        0, ge=0, lt=INT64
+    )  # stop after this many evaluations without a better --metric (0: never stop early)
+    max_eval_examples: int = bounded(
+        0, ge=0, lt=INT64
+    )  # validation examples scored at each evaluation (0: all; the final score uses all)
+    max_length: int = bounded(
+        128, ge=3, le=MAX_SIZE
+    )  # tokens per example (the source, for seq2seq), special tokens included
     text_column: str = "text"  # classification: the column holding the text
     text_pair_column: str | None = None  # classification: the column holding a second text (sentence pairs)
     label_column: str = "label"  # classification: the column holding the label
-    stride: int = 64  # qa: tokens shared by consecutive windows of a long context
-    max_answer_length: int = 30  # qa: the longest answer, in tokens
+    stride: int = bounded(64, ge=0, le=MAX_SIZE)  # qa: tokens shared by consecutive windows of a long context
+    max_answer_length: int = bounded(30, ge=1, le=MAX_SIZE)  # qa: the longest answer, in tokens
     source_field: str = "source"  # seq2seq: the JSON field holding the input text
     target_field: str = "target"  # seq2seq: the JSON field holding the output text
     source_prefix: str = ""  # seq2seq: text put before every source, as T5 does ("summarize: ")
-    max_target_length: int = 64  # seq2seq: tokens per target, end-of-sequence included
+    max_target_length: int = bounded(
+        64, ge=1, le=MAX_SIZE
+    )  # seq2seq: tokens per target, end-of-sequence included
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
     def __post_init__(self):
@@ -109,11 +116,6 @@ class FinetuneConfig(TrainConfig):
             self.lr = default_lr(self.task, self.method)
         if self.method == "lora" and self.fsdp:
             raise LmforgeError("--method lora trains too few weights to shard; drop --fsdp (DDP is used)")
-        for name in ("patience", "max_eval_examples"):
-            if getattr(self, name) < 0:
-                raise LmforgeError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.max_length < 3:
-            raise LmforgeError(f"--max-length must be at least 3, got {self.max_length}")
 
 
 def data_files(config: FinetuneConfig, task, is_main: bool = True) -> tuple[Path, Path | None]:
@@ -169,7 +171,8 @@ class RowBatches:
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 (a batch spans at most two epochs)
     def _order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # NOTE: torch takes 64 bits; a large --seed times the multiplier would overflow them
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         return torch.randperm(len(self.features), generator=generator)
 
     def samples(self, first: int) -> dict:
@@ -314,7 +317,7 @@ def finetune(config: FinetuneConfig) -> dict:
     from lmforge.tokenizers import load_tokenizer
 
     task = get_task(config.task)(config)
-    world = init_world(torch.device(config.device) if config.device else default_device())
+    world = init_world(check_device(config.device))
     try:
         check_precision(config.precision, world.device)  # before any data work
         if world.is_main:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lmforge.config import INT64, bounded, check_fields
 from lmforge.device import choose_precision, print0
 from lmforge.errors import LmforgeError
 from lmforge.train import checkpoint as ckpt
@@ -36,6 +37,9 @@ from lmforge.train.distributed import (
 from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
 from lmforge.train.optim import lr_at, make_optimizer
 
+# The largest batch, accumulation or sequence length: far beyond any run, far below an overflow.
+MAX_SIZE = 2**20
+
 
 @dataclass
 class TrainConfig:
@@ -43,22 +47,28 @@ class TrainConfig:
     ALTERNATIVES = (("max_steps", "epochs"),)
 
     out: str = "runs/lm"  # the run directory: checkpoints, metrics.jsonl, loss.png, the final model
-    max_steps: int | None = None  # optimizer steps to train for (default: 1000, unless --epochs is given)
-    epochs: float | None = None  # passes over the training data, instead of --max-steps (0.5: half of one)
-    batch_size: int = 8  # sequences per micro-batch, per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seq_len: int = 256  # tokens per training sequence
-    lr: float = 1e-3  # peak learning rate (AdamW)
-    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps (at most a tenth of --max-steps)
-    weight_decay: float = 0.1  # AdamW weight decay (never on norms, biases, embeddings)
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    eval_every: int = 100  # evaluate (validation loss and a sample) every N steps
-    eval_batches: int = 10  # validation batches per evaluation
-    save_every: int = 500  # write a checkpoint every N steps (and at the end)
-    keep_last: int = 3  # checkpoints to keep
-    sample_tokens: int = 48  # tokens generated as a sample at each evaluation (0: none)
-    seed: int = 1337  # seeds the model init, data order and sampling
+    max_steps: int | None = bounded(
+        None, ge=1, lt=INT64
+    )  # optimizer steps to train for (default: 1000, unless --epochs is given)
+    epochs: float | None = bounded(
+        None, gt=0, le=10**6
+    )  # passes over the training data, instead of --max-steps (0.5: half of one)
+    batch_size: int = bounded(8, ge=1, le=MAX_SIZE)  # sequences per micro-batch, per process
+    grad_accum: int = bounded(1, ge=1, le=MAX_SIZE)  # micro-batches per optimizer step
+    seq_len: int = bounded(256, ge=1, le=MAX_SIZE)  # tokens per training sequence
+    lr: float = bounded(1e-3, gt=0)  # peak learning rate (AdamW)
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # the cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = bounded(100, ge=0, lt=INT64)  # linear warmup steps (at most a tenth of --max-steps)
+    weight_decay: float = bounded(0.1, ge=0)  # AdamW weight decay (never on norms, biases, embeddings)
+    grad_clip: float = bounded(1.0, ge=0)  # clip the global gradient norm to this (0: no clipping)
+    eval_every: int = bounded(100, ge=1, lt=INT64)  # evaluate (validation loss and a sample) every N steps
+    eval_batches: int = bounded(10, ge=1, lt=INT64)  # validation batches per evaluation
+    save_every: int = bounded(500, ge=1, lt=INT64)  # write a checkpoint every N steps (and at the end)
+    keep_last: int = bounded(3, ge=1, lt=INT64)  # checkpoints to keep (the newest)
+    sample_tokens: int = bounded(
+        48, ge=0, lt=INT64
+    )  # tokens generated as a sample at each evaluation (0: none)
+    seed: int = bounded(1337, ge=0, lt=INT64)  # seeds the model init, data order and sampling
     precision: str = "auto"  # auto (the fastest, measured on a CPU), float32, bfloat16, float16 (CUDA)
     compile: bool = False  # torch.compile the model
     skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient instead of stopping
@@ -66,10 +76,11 @@ class TrainConfig:
     resume: bool = False  # continue from the latest complete checkpoint in OUT
     force: bool = False  # resume even if the model, tokenizer or data changed
     fsdp: bool = False  # under torchrun, shard parameters with FSDP2 instead of DDP
-    max_minutes: float = 0.0  # stop (and save) after this long; 0 means no limit
+    max_minutes: float = bounded(0.0, ge=0)  # stop (and save) after this long; 0 means no limit
     progress: bool = True  # show the progress bar
 
     def __post_init__(self):
+        check_fields(self)
         if self.max_steps is not None and self.epochs is not None:
             raise LmforgeError(
                 f"pass --max-steps or --epochs, not both (got {self.max_steps} steps and {self.epochs} "
@@ -77,15 +88,6 @@ class TrainConfig:
             )
         if self.max_steps is None and self.epochs is None:
             self.max_steps = 1000
-        if self.epochs is not None and not self.epochs > 0:
-            raise LmforgeError(f"--epochs must be positive, got {self.epochs}")
-        for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise LmforgeError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.lr is not None and not self.lr > 0:
-            raise LmforgeError(f"--lr must be positive, got {self.lr}")
 
     def steps_for_epochs(self, samples_per_epoch: int, world_size: int) -> None:
         """Set max_steps from --epochs: the steps whose global batches pass over the data that often.

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import torch
 
-from lmforge.device import check_precision, default_device, print0, seed_everything
+from lmforge.config import bounded
+from lmforge.device import check_device, check_precision, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import World, barrier, init_world, shutdown
 from lmforge.train.loop import TrainConfig, Trainer
@@ -48,8 +49,10 @@ class PretrainConfig(TrainConfig):
     preset: str = "tiny"  # model size: tiny, demo, gpt2, llama-tiny, bert-tiny, t5-tiny, ... (see presets.py)
     objective: str = "clm"  # clm (causal LM: gpt2, llama), mlm (masked LM: bert), span (span corruption: t5)
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the data
-    vocab_size: int = 4096  # of the tokenizer trained when none is given
-    val_fraction: float = 0.01  # share of the documents (of a one-document corpus: of its tokens) held out
+    vocab_size: int = bounded(4096, ge=1, lt=2**31)  # of the tokenizer trained when none is given
+    val_fraction: float = bounded(
+        0.01, gt=0, lt=0.5
+    )  # share of the documents (of a one-document corpus: of its tokens) held out
     glob: str = "*.txt"  # which files to read from directories
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
 
@@ -116,7 +119,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from lmforge.models import build_model
     from lmforge.tokenizers import load_tokenizer
 
-    world = init_world(torch.device(config.device) if config.device else default_device())
+    world = init_world(check_device(config.device))
     try:
         check_objective_fits(config.objective, config.preset)  # fails before any data work
         check_precision(config.precision, world.device)

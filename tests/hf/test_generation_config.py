@@ -77,3 +77,32 @@ def test_pytorch_model_bin_is_weights_only_and_noted_as_legacy_once(tmp_path, ca
     assert err.count("legacy") == 1 and "safetensors is preferred" in err
     load_model(tmp_path / "hf")  # safetensors: nothing to say
     assert "legacy" not in capsys.readouterr().err
+
+
+def test_its_sampling_settings_are_the_defaults_a_flag_overrides(tmp_path):
+    """do_sample false: greedy unless --temperature says otherwise; a wrongly typed value is not trusted."""
+    from conftest import make_hf_llama
+    from lmforge_cli import run_lmforge
+
+    from lmforge.inference.generate import sampling_defaults
+    from lmforge.tokenizers import train_tokenizer
+
+    tok = train_tokenizer(iter(["a small corpus of words for a tokenizer"] * 20), vocab_size=300, kind="bpe")
+    tok.save_pretrained(tmp_path)
+    make_hf_llama(tmp_path, vocab_size=tok.vocab_size)
+    path = tmp_path / "generation_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "do_sample": False, "top_k": "many", "repetition_penalty": 1.3}))
+    assert sampling_defaults(load_model(tmp_path)) == {"temperature": 0.0, "repetition_penalty": 1.3}
+
+    def generate(*flags):
+        result = run_lmforge(
+            "generate", "--model", tmp_path, "--prompt", "a small", "--max-new-tokens", 8, *flags
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    greedy = generate("--temperature", 0, "--repetition-penalty", 1.3)
+    assert generate() == greedy == generate("--seed", 5)  # greedy, whatever the seed
+    assert generate("--temperature", 0) == greedy  # the saved penalty still applies
+    assert len({generate("--temperature", 1.5, "--seed", s) for s in range(4)}) > 1  # a flag overrides

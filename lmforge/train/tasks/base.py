@@ -74,11 +74,12 @@ class FinetuneTask:
 
     def evaluate(self, data: Path) -> dict[str, Any]:
         """The task's metrics of the fine-tuned model `config.model` on a labelled data file."""
-        from lmforge.device import default_device
+        from lmforge.device import check_device
         from lmforge.tokenizers import load_tokenizer
 
+        device = check_device(self.config.device)  # before anything is loaded
         tokenizer = load_tokenizer(self.config.model)
-        model = self.load_trained(tokenizer).to(self.config.device or default_device())
+        model = self.load_trained(tokenizer).to(device)
         examples = self.read(data)
         return self.score(model, tokenizer, examples, self.encode(tokenizer, examples, training=False))
 
