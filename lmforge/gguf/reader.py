@@ -125,6 +125,12 @@ def _read_gguf(path: Path, mtime_ns: int, size: int) -> GGUFFile:
         raise LmforgeError(
             f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it is truncated or not GGUF"
         ) from None
+    parts = metadata.get("split.count", 1)
+    if parts > 1:
+        raise LmforgeError(
+            f"{path.name} is one of {parts} parts of a split GGUF model; join them into one file first "
+            "(llama.cpp: llama-gguf-split --merge FIRST-PART OUT.gguf)"
+        )
     return GGUFFile(path, metadata, {t.name: t for t in reader.tensors})
 
 

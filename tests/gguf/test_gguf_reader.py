@@ -5,7 +5,7 @@ transformers model they were written from and against transformers reading the s
 import pytest
 import torch
 from conftest import TASK_TEXT, make_hf_gpt2, make_hf_llama
-from tiny_gguf import Q, hf_from_gguf, logits, write_gpt2, write_llama
+from tiny_gguf import Q, finish, hf_from_gguf, logits, write_gpt2, write_llama
 
 import lmforge
 from lmforge.errors import LmforgeError
@@ -186,12 +186,15 @@ def test_unusable_gguf_files_are_one_line_errors(tmp_path, tok):
 
     writer = gguf.GGUFWriter(tmp_path / "mamba.gguf", "mamba")
     writer.add_tensor("token_embd.weight", torch.zeros(4, 32).numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     with pytest.raises(LmforgeError, match=r"unsupported GGUF architecture 'mamba'; supported: llama, gpt2"):
         lmforge.load_model(tmp_path / "mamba.gguf")
+
+    writer = gguf.GGUFWriter(tmp_path / "part.gguf", "llama")
+    writer.add_uint16("split.count", 3)
+    finish(writer)
+    with pytest.raises(LmforgeError, match=r"one of 3 parts of a split GGUF model; join them"):
+        lmforge.load_tokenizer(tmp_path / "part.gguf")
 
     hf = _llama(tmp_path)
     write_llama(tmp_path / "odd.gguf", hf, tok, pre="no-such-split")

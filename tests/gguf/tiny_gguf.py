@@ -87,7 +87,8 @@ def add_tokenizer(writer: gguf.GGUFWriter, tok, *, pre: str = "default", add_bos
     )
 
 
-def _finish(writer: gguf.GGUFWriter) -> None:
+def finish(writer: gguf.GGUFWriter) -> None:
+    """Write the header, metadata and tensors, and close the file."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -141,7 +142,7 @@ def write_llama(path, hf_model, tok, *, types: dict[str, object] | None = None, 
             values = llama_cpp_permute(values, config.num_key_value_heads)
         data, raw_dtype = encode(values, types.get(name.split(".")[-2], Q.F32), rng)
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
-    _finish(writer)
+    finish(writer)
 
 
 def write_gpt2(path, hf_model, tok, *, types: dict[str, object] | None = None, seed: int = 0):
@@ -183,7 +184,7 @@ def write_gpt2(path, hf_model, tok, *, types: dict[str, object] | None = None, s
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     data, raw_dtype = encode(state["transformer.wte.weight"], types.get("token_embd", Q.F32), rng)
     writer.add_tensor("output.weight", data, raw_dtype=raw_dtype)  # llama.cpp writes the tied head again
-    _finish(writer)
+    finish(writer)
 
 
 def hf_from_gguf(path):
