@@ -35,6 +35,7 @@ class Plan:
     memory_steps: int = (
         2  # training steps of each peak-memory subprocess (the second has AdamW state); 0: none
     )
+    gguf_tokens: int = 64  # tokens decoded from the real SmolLM2 GGUF file; 0: that section is skipped
 
 
 PLANS = {
@@ -66,6 +67,7 @@ PLANS = {
         repeats=2,
         warmup=1,
         memory_steps=0,  # a subprocess per side costs seconds; tests/bench checks bench.memory alone
+        gguf_tokens=0,  # loading a 135M model twice per side costs seconds too
     ),
 }
 NO_BF16 = "no native bf16 on this CPU"
@@ -123,6 +125,16 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
     row = data.run_case(data.DataCase(plan.data_megabytes), warmup=plan.warmup, repeats=plan.repeats)
     results["data"] = [row]
     _print_row(f"data {row['megabytes']:.2f} MB", row, "mb_per_s")
+    if plan.gguf_tokens:
+        from bench import gguf
+
+        results["gguf"] = row = gguf.run_case(
+            warmup=plan.warmup, repeats=plan.repeats, new_tokens=plan.gguf_tokens
+        )
+        if "skipped" in row:
+            say(f"SmolLM2 GGUF: {row['skipped']}")
+        else:
+            _print_row("SmolLM2 GGUF", row, "load_s", "decode_tokens_per_s")
     return results
 
 

