@@ -59,6 +59,13 @@ TOKEN_ID_KEYS = [
 ]
 # Tokens that also end a turn (Llama 3's <|eot_id|>): they join EOS in generation_config.
 EXTRA_EOS_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+# generation_config sampling default <- llama.cpp's key for it.
+SAMPLING_KEYS = [
+    ("temperature", "general.sampling.temp"),
+    ("top_k", "general.sampling.top_k"),
+    ("top_p", "general.sampling.top_p"),
+    ("repetition_penalty", "general.sampling.penalty_repeat"),
+]
 
 # GGUF tensor name -> lmforge name. Outside the blocks:
 GLOBAL_TENSORS = {
@@ -118,8 +125,20 @@ def read_gguf(path: str | Path) -> GGUFFile:
 def _read_gguf(path: Path, mtime_ns: int, size: int) -> GGUFFile:
     import gguf
 
+    class Reader(gguf.GGUFReader):
+        # NOTE: the reader slices its np.memmap once per metadata item (two per token of the vocabulary),
+        # and slicing a memmap is slow. A plain ndarray view of the same mapped memory reads the
+        # metadata about 2.5x faster (SmolLM2: 2 s instead of 6).
+        @property
+        def data(self):
+            return self._array
+
+        @data.setter
+        def data(self, value):
+            self._array = value.view(np.ndarray)
+
     try:
-        reader = gguf.GGUFReader(path)
+        reader = Reader(path)
         metadata = {name: field.contents() for name, field in reader.fields.items()}
     except Exception as e:  # the reader raises ValueError, struct and index errors for a bad file
         raise LmforgeError(
@@ -323,7 +342,12 @@ def load_gguf_model(
             )
     model.load_state_dict(state)
     eos_ids = generation_eos_ids(file)
-    if len(eos_ids) > 1:
-        model.generation_config = {"eos_token_id": eos_ids}
+    generation = {"eos_token_id": eos_ids} if len(eos_ids) > 1 else {}
+    for ours, key in SAMPLING_KEYS:
+        if isinstance(file.metadata.get(key), (int, float)):
+            value = file.metadata[key]
+            generation[ours] = value if isinstance(value, int) else _float32_value(value)
+    if generation:
+        model.generation_config = generation
     model.name_or_path = str(file.path)
     return model.to(device=device, dtype=dtype).eval()
