@@ -30,6 +30,15 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         help="float32 (the default, or $LMFORGE_PRECISION where set), bfloat16, float16, or auto (the fastest here)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    _add_nonfinite_flag(p)
+
+
+def _add_nonfinite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load a checkpoint whose weights hold NaN or Inf (with a warning), to inspect it",
+    )
 
 
 def _add_progress_flag(p: argparse.ArgumentParser) -> None:
@@ -52,7 +61,12 @@ def cmd_generate(args) -> None:
     if not prompt:
         raise LmforgeError("empty prompt; pass --prompt TEXT (or --prompt - to read it from standard input)")
     device = check_device(args.device)
-    model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
     tok = lmforge.load_tokenizer(args.model)
     timings: dict = {}
     # --echo: the prompt, then its continuation, as a transformers pipeline's full text; a chat reply is
@@ -111,7 +125,12 @@ def _embed_lines(args, texts: list[str]):
     )
 
     device = check_device(args.device)
-    model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
     check_encoder(model)
     tok = lmforge.load_tokenizer(args.model)
     limit = max_input_length(model, tok, read_sentence_settings(model.name_or_path))
@@ -223,7 +242,14 @@ def cmd_classify(args) -> None:
     from lmforge.train.tasks.classification import label_scores
 
     texts = _read_texts(args.input, "input")
-    for ranked in label_scores(args.model, texts, max_length=args.max_length, batch_size=args.batch_size):
+    ranking = label_scores(
+        args.model,
+        texts,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        allow_nonfinite=args.allow_nonfinite,
+    )
+    for ranked in ranking:
         if args.all_scores or args.probs:
             print("\t".join(f"{label}\t{p:.4f}" for label, p in (ranked if args.all_scores else ranked[:1])))
         else:
@@ -251,6 +277,7 @@ def cmd_answer(args) -> None:
         max_answer_length=args.max_answer_length,
         batch_size=args.batch_size,
         always_answer=args.always_answer,
+        allow_nonfinite=args.allow_nonfinite,
     )
     for answer in answers:
         print(" ".join(answer.split()))  # one line each, even for a span across lines
@@ -260,7 +287,13 @@ def cmd_merge_lora(args) -> None:
     from lmforge.device import resolve_dtype
     from lmforge.hf.peft import merge_adapter
 
-    out = merge_adapter(args.model, args.adapter, args.out, dtype=resolve_dtype(args.dtype))
+    out = merge_adapter(
+        args.model,
+        args.adapter,
+        args.out,
+        dtype=resolve_dtype(args.dtype),
+        allow_nonfinite=args.allow_nonfinite,
+    )
     print(f"merged the adapter {args.adapter} into {args.model} -> {out}")
 
 
@@ -342,6 +375,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--adapter", required=True, help="a PEFT adapter directory (adapter_config.json)")
     p.add_argument("--out", required=True, help="directory for the merged checkpoint and tokenizer files")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_merge_lora)
     return parser
 
@@ -380,7 +414,7 @@ def _add_finetune_verbs(verbs) -> None:
         help="the metrics JSON file to write (default: MODEL/eval-STEM.json, STEM the --data file's name "
         "without its suffix; the run's own MODEL/metrics.json is left as it is)",
     )
-    kept = {"model", "task", "max_length", "batch_size", "device", *EVALUATE_FLAGS}
+    kept = {"model", "task", "max_length", "batch_size", "device", "allow_nonfinite", *EVALUATE_FLAGS}
     cfg.add_arguments(
         p,
         FinetuneConfig,
@@ -415,6 +449,7 @@ def _add_finetune_verbs(verbs) -> None:
         action="store_true",
         help="print every label with its probability, the most probable first: LABEL<tab>PROBABILITY<tab>...",
     )
+    _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_classify)
 
     p = verbs.add_parser(
@@ -458,6 +493,7 @@ def _add_finetune_verbs(verbs) -> None:
         action="store_true",
         help="always print the best span (SQuAD v1.1), never an empty line for 'no answer' (SQuAD v2.0)",
     )
+    _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_answer)
 
 
@@ -505,7 +541,9 @@ def cmd_convert(args) -> None:
     import lmforge
     from lmforge.device import resolve_dtype
 
-    model = lmforge.load_model(args.model, dtype=resolve_dtype(args.dtype))
+    model = lmforge.load_model(
+        args.model, dtype=resolve_dtype(args.dtype), allow_nonfinite=args.allow_nonfinite
+    )
     tok = lmforge.load_tokenizer(args.model)
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
@@ -536,6 +574,7 @@ def _add_model_verbs(verbs) -> None:
         "--out", required=True, help="directory for config.json, safetensors weights, tokenizer files"
     )
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_convert)
 
     p = verbs.add_parser("models", help="list the models known by short name (and the hub's cached ones)")

@@ -4,6 +4,8 @@ A checkpoint is `config.json` plus weights in `model.safetensors`, or shards lis
 `model.safetensors.index.json`. Legacy `pytorch_model.bin` files are read only through
 `torch.load(weights_only=True)` (torch >= 2.6, free of CVE-2025-32434), which refuses anything but
 tensors: a checkpoint never runs code; reading one says, once, that safetensors is preferred.
+Every floating weight is checked to be finite as it is read (a NaN or Inf is refused by name, unless
+allow_nonfinite), and a file name read from the checkpoint's JSON (a shard) never leaves its directory.
 A model that generates also has `generation_config.json` (its special token ids, as `transformers`
 writes it); its EOS ids join the model's own when generating.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +32,7 @@ OPTIONAL_HEADS = ("pooler.",)  # heads a checkpoint may hold that a model may le
 BASE = "base."  # a task model's (lmforge/models/heads.py) base model, stored under the family's names
 GENERATION_CONFIG = "generation_config.json"
 GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+NONFINITE_SHOWN = 3  # the tensors a non-finite report names; the rest are counted
 _legacy_noted: set[str] = set()  # the pickle files already reported as legacy (say it once)
 
 
@@ -72,19 +75,114 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def read_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor in the directory's weight files, by their stored names."""
+def read_state_dict(ckpt_dir: Path, *, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor in the directory's weight files, by their stored names.
+
+    A floating tensor holding NaN or Inf is refused by name; allow_nonfinite loads it anyway (for
+    inspection), with one warning line on standard error.
+    """
     if (ckpt_dir / SAFETENSORS).exists():
-        return _load_safetensors(ckpt_dir / SAFETENSORS)
-    if (ckpt_dir / SAFETENSORS_INDEX).exists():
-        shards = sorted(set(read_json(ckpt_dir / SAFETENSORS_INDEX).get("weight_map", {}).values()))
-        return {k: v for shard in shards for k, v in _load_safetensors(ckpt_dir / shard).items()}
-    if (ckpt_dir / PICKLE).exists():
-        return _load_pickle(ckpt_dir / PICKLE)
-    if (ckpt_dir / PICKLE_INDEX).exists():
-        shards = sorted(set(read_json(ckpt_dir / PICKLE_INDEX).get("weight_map", {}).values()))
-        return {k: v for shard in shards for k, v in _load_pickle(ckpt_dir / shard).items()}
-    raise LmforgeError(f"{ckpt_dir} has no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE})")
+        files, load = [ckpt_dir / SAFETENSORS], _load_safetensors
+    elif (ckpt_dir / SAFETENSORS_INDEX).exists():
+        files, load = _shard_files(ckpt_dir / SAFETENSORS_INDEX), _load_safetensors
+    elif (ckpt_dir / PICKLE).exists():
+        files, load = [ckpt_dir / PICKLE], _load_pickle
+    elif (ckpt_dir / PICKLE_INDEX).exists():
+        files, load = _shard_files(ckpt_dir / PICKLE_INDEX), _load_pickle
+    else:
+        raise LmforgeError(f"{ckpt_dir} has no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE})")
+    state, nonfinite = {}, []
+    for path in files:
+        tensors = load(path)
+        nonfinite += [(path, *found) for found in nonfinite_tensors(tensors)]
+        state.update(tensors)
+    report_nonfinite(nonfinite, allow_nonfinite)
+    return state
+
+
+def report_nonfinite(found: list[tuple[Path, str, int, int]], allow_nonfinite: bool) -> None:
+    """Refuse weights that hold NaN or Inf (found: their (file, tensor, NaN, Inf)), naming them; with
+    allow_nonfinite, say so in one warning line instead."""
+    if found and not allow_nonfinite:
+        raise LmforgeError(
+            f"{describe_nonfinite(found)}; the checkpoint is damaged: use an earlier one, or pass "
+            "--allow-nonfinite to load it anyway for inspection"
+        )
+    if found:
+        print(
+            f"lmforge: warning: {describe_nonfinite(found)}; loaded anyway (--allow-nonfinite)",
+            file=sys.stderr,
+        )
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """(name, NaN count, Inf count) of each floating tensor that holds NaN or Inf."""
+    found = []
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            continue
+        t = t.float() if t.element_size() == 1 else t  # float8 has no sum on a CPU
+        # NOTE: one sum is the cheap test (about 20x faster than isfinite(t).all() on a CPU): NaN and
+        # Inf always make it non-finite. A finite tensor whose sum overflows is then counted exactly.
+        if not bool(torch.isfinite(t.sum())):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            if nan or inf:
+                found.append((name, nan, inf))
+    return found
+
+
+def describe_nonfinite(found: list[tuple[Path, str, int, int]]) -> str:
+    """'FILE has non-finite values in NAME (12 NaN), ...': the first few (file, tensor, NaN, Inf)."""
+    shown, parts = found[:NONFINITE_SHOWN], []
+    for path in dict.fromkeys(f[0] for f in shown):
+        tensors = ", ".join(
+            f"{name} ({', '.join(f'{n} {what}' for n, what in ((nan, 'NaN'), (inf, 'Inf')) if n)})"
+            for p, name, nan, inf in shown
+            if p == path
+        )
+        parts.append(
+            f"{path} has non-finite values in {tensors}" if not parts else f"{path.name} in {tensors}"
+        )
+    more = len(found) - len(shown)
+    return "; ".join(parts) + (f" and {more} more tensor{'s' if more > 1 else ''}" if more else "")
+
+
+def checkpoint_file(ckpt_dir: Path, name, listed_in: Path) -> Path:
+    """ckpt_dir / name, for a file name read from the checkpoint's own JSON (`listed_in`), refused unless
+    it stays inside ckpt_dir: a relative path without '..' that is inside it once links are resolved.
+
+    NOTE: a Hugging Face hub cache snapshot holds links to its repository's blobs/, which count as inside.
+    """
+    listed = f"{listed_in} lists {name!r:.80}"
+    refused = "refusing to read it (the checkpoint is corrupt or crafted)"
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise LmforgeError(f"{listed} where a file name should be; the checkpoint is corrupt")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or PureWindowsPath(name).drive:
+        raise LmforgeError(f"{listed}, a path outside {ckpt_dir}; {refused}")
+    path = ckpt_dir / name
+    real, inside = path.resolve(), [ckpt_dir.resolve()]
+    if inside[0].parent.name == "snapshots":
+        inside.append((inside[0].parent.parent / "blobs").resolve())
+    if not any(real.is_relative_to(root) for root in inside):
+        raise LmforgeError(f"{listed}, a link to {real} outside {ckpt_dir}; {refused}")
+    return path
+
+
+def _shard_files(index: Path) -> list[Path]:
+    """The weight files an index's weight_map lists, each a file inside the index's directory."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise LmforgeError(
+            f"{index} has no weight_map of tensor names to shard files; the checkpoint is corrupt"
+        )
+    files = [checkpoint_file(index.parent, name, index) for name in weight_map.values()]
+    for path in files:
+        if not path.is_file():
+            raise LmforgeError(
+                f"{index} lists the shard {path.name}, which {index.parent} lacks; the checkpoint is incomplete"
+            )
+    return sorted(set(files))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -120,9 +218,16 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
 ):
-    """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode."""
+    """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode.
+
+    Weights holding NaN or Inf are refused by name, unless allow_nonfinite (then: a warning).
+    """
     from lmforge.hub import resolve_model
     from lmforge.models import build_model
     from lmforge.models.heads import TASK_MODELS, ClassifierConfig
@@ -131,7 +236,10 @@ def load_model(
     if path.suffix == ".gguf" and path.is_file():  # llama.cpp's single-file format (lmforge/gguf)
         from lmforge.gguf import load_gguf_model
 
-        return load_gguf_model(path, dtype=dtype, device=device)
+        model = load_gguf_model(path, dtype=dtype, device=device)
+        found = nonfinite_tensors(model.state_dict())  # by lmforge's names: GGUF blocks dequantized
+        report_nonfinite([(path, *f) for f in found], allow_nonfinite)
+        return model
     ckpt_dir = resolve_checkpoint_dir(path)
     hf_config = read_json(ckpt_dir / "config.json")
     model = build_model(from_hf_config(hf_config))
@@ -140,7 +248,7 @@ def load_model(
         model = TASK_MODELS[task](model, ClassifierConfig(**classifier_labels(hf_config)))
     elif task is not None:
         model = TASK_MODELS[task](model)
-    load_weights(model, ckpt_dir)
+    load_weights(model, ckpt_dir, allow_nonfinite=allow_nonfinite)
     if (ckpt_dir / GENERATION_CONFIG).exists():
         model.generation_config = read_generation_config(ckpt_dir / GENERATION_CONFIG)
     model.name_or_path = str(ckpt_dir)  # where it came from: embed reads sentence-transformers settings there
@@ -174,11 +282,12 @@ def generation_config(model) -> dict | None:
     return {**config, **getattr(model, "generation_config", {})}
 
 
-def load_weights(model, ckpt_dir: Path) -> None:
-    """Load a checkpoint directory's weights into `model`, checking every name and shape."""
+def load_weights(model, ckpt_dir: Path, *, allow_nonfinite: bool = False) -> None:
+    """Load a checkpoint directory's weights into `model`, checking every name, shape and value."""
     config = model.config
     n_decoder_layers = getattr(config, "n_decoder_layers", None)
-    state = from_hf_state(read_state_dict(ckpt_dir), config.model_type, config.n_layers, n_decoder_layers)
+    state = read_state_dict(ckpt_dir, allow_nonfinite=allow_nonfinite)
+    state = from_hf_state(state, config.model_type, config.n_layers, n_decoder_layers)
     expected = model.state_dict()
     if any(k.startswith(BASE) for k in expected):  # a task model: all but its head sit under `base.`
         state = {(k if k in expected else BASE + k): v for k, v in state.items()}

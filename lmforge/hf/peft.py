@@ -25,7 +25,9 @@ from lmforge.hf.checkpoint import (
     _load_pickle,
     _load_safetensors,
     load_model,
+    nonfinite_tensors,
     read_json,
+    report_nonfinite,
     resolve_checkpoint_dir,
 )
 from lmforge.hf.keys import KEY_MAPS
@@ -222,22 +224,26 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     return config
 
 
-def _read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+def _read_adapter_weights(adapter_dir: Path, allow_nonfinite: bool) -> dict[str, torch.Tensor]:
     if (adapter_dir / ADAPTER_WEIGHTS).exists():
-        return _load_safetensors(adapter_dir / ADAPTER_WEIGHTS)
-    if (adapter_dir / ADAPTER_PICKLE).exists():
-        return _load_pickle(adapter_dir / ADAPTER_PICKLE)
-    raise LmforgeError(f"{adapter_dir} has no adapter weights ({ADAPTER_WEIGHTS} or {ADAPTER_PICKLE})")
+        path, tensors = adapter_dir / ADAPTER_WEIGHTS, _load_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+    elif (adapter_dir / ADAPTER_PICKLE).exists():
+        path, tensors = adapter_dir / ADAPTER_PICKLE, _load_pickle(adapter_dir / ADAPTER_PICKLE)
+    else:
+        raise LmforgeError(f"{adapter_dir} has no adapter weights ({ADAPTER_WEIGHTS} or {ADAPTER_PICKLE})")
+    report_nonfinite([(path, *found) for found in nonfinite_tensors(tensors)], allow_nonfinite)
+    return tensors
 
 
-def load_adapter(model, adapter_dir: str | Path):
+def load_adapter(model, adapter_dir: str | Path, *, allow_nonfinite: bool = False):
     """Apply a PEFT LoRA adapter directory (from save_adapter or peft) to an lmforge model; returns the model.
-    A model that has adapters already (apply_lora) gets their weights from the directory."""
+    A model that has adapters already (apply_lora) gets their weights from the directory. Weights holding
+    NaN or Inf are refused by name, unless allow_nonfinite (then: a warning)."""
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     names = _Names(model)
     targets, fused, state, kept = set(), [], {}, set()
-    for raw, tensor in _read_adapter_weights(adapter_dir).items():
+    for raw, tensor in _read_adapter_weights(adapter_dir, allow_nonfinite).items():
         raw = raw.removeprefix(PEFT_PREFIX)
         key = names.normalise(raw)
         hf_module, _, kind = key.removesuffix(".weight").rpartition(".")
@@ -306,7 +312,12 @@ def apply_lora_for_peft(
 
 
 def merge_adapter(
-    base: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype=torch.float32
+    base: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype=torch.float32,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Load a base checkpoint, apply a PEFT LoRA adapter, fold it into the weights and save a plain
     Hugging Face checkpoint (with the base's tokenizer files) at out_dir; returns out_dir."""
@@ -316,8 +327,8 @@ def merge_adapter(
             f"--out {out_dir} would overwrite the base model or the adapter; pass a new directory"
         )
     read_adapter_config(Path(adapter_dir))  # a bad adapter fails before the base model is read
-    model = load_model(base_dir, dtype=dtype)
-    merge_lora(load_adapter(model, adapter_dir))
+    model = load_model(base_dir, dtype=dtype, allow_nonfinite=allow_nonfinite)
+    merge_lora(load_adapter(model, adapter_dir, allow_nonfinite=allow_nonfinite))
     model.save_pretrained(out_dir)
     for name in TOKENIZER_FILES:
         if (base_dir / name).is_file():

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
+from lmforge.hf.checkpoint import checkpoint_file
 
 POOLINGS = ("mean", "cls")
 
@@ -36,16 +37,24 @@ def read_sentence_settings(folder: str | Path | None) -> SentenceSettings:
     if folder is None or not (folder / "modules.json").is_file():
         return SentenceSettings()
     modules = _read(folder / "modules.json")
-    types = [m.get("type", "") for m in modules if isinstance(m, dict)]
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise LmforgeError(
+            f"{folder / 'modules.json'} should hold a list of module objects; the folder is corrupt"
+        )
+    types = [str(m.get("type", "")) for m in modules]
     settings = SentenceSettings(normalize=any(t.endswith(".Normalize") for t in types))
-    pooling_dir = next((m.get("path") for m in modules if m.get("type", "").endswith(".Pooling")), None)
-    if pooling_dir and (folder / pooling_dir / "config.json").is_file():
-        config = _read(folder / pooling_dir / "config.json")
+    pooling_dir = next((m.get("path") for m, t in zip(modules, types) if t.endswith(".Pooling")), None)
+    pooling_config = None
+    if pooling_dir:  # NOTE: a path read from the folder's own JSON: it must not lead out of the folder
+        name = f"{pooling_dir}/config.json" if isinstance(pooling_dir, str) else pooling_dir
+        pooling_config = checkpoint_file(folder, name, folder / "modules.json")
+    if pooling_config is not None and pooling_config.is_file():
+        config = _read(pooling_config)
         modes = [m for m in ("cls_token", "mean_tokens") if config.get(f"pooling_mode_{m}")]
         others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k[13:] not in modes]
         if others or len(modes) != 1:
             raise LmforgeError(
-                f"{folder / pooling_dir / 'config.json'} asks for pooling {others or modes}; "
+                f"{pooling_config} asks for pooling {others or modes}; "
                 "only one of mean_tokens or cls_token is supported"
             )
         settings.pooling = "cls" if modes == ["cls_token"] else "mean"

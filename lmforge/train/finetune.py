@@ -57,6 +57,7 @@ class FinetuneConfig(TrainConfig):
     eval_every: int = 100  # score the validation set every N steps
     sample_tokens: int = 0  # unused by fine-tuning
     model: str = ""  # the pretrained checkpoint directory (lmforge or Hugging Face)
+    allow_nonfinite: bool = False  # load a --model with NaN or Inf weights (with a warning), to inspect it
     task: str = "classification"  # what to fine-tune for: classification, qa, seq2seq or instruct
     data: str | None = (
         None  # a train file or a directory with train.* and validation.*; default: the task's built-in data

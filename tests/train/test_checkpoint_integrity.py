@@ -10,7 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 from test_pretrain_resume import COMMON, data_dir, losses, run  # noqa: F401  (data_dir is a fixture)
+
+from lmforge.train.checkpoint import _write_manifest
 
 STEPS = 12
 
@@ -55,6 +58,21 @@ def _edit_state(edit):
     return apply
 
 
+def _nonfinite(value: float):
+    """Write `value` into a floating tensor and re-sign the manifest, as a run that saved diverged
+    weights would have: every file verifies, only the values are wrong."""
+
+    def apply(path: Path) -> None:
+        state = load_file(path)
+        name = next(k for k, t in state.items() if t.is_floating_point())
+        state[name] = state[name].clone()
+        state[name].view(-1)[:3] = value
+        save_file(state, path)
+        _write_manifest(path.parent)
+
+    return apply
+
+
 def _string_step(state):
     state["step"] = "twelve"
 
@@ -69,6 +87,12 @@ DAMAGE = {
     "garbage rng": ("rng.safetensors", _garbage, "rng.safetensors has"),
     "string step": ("trainer_state.json", _edit_state(_string_step), "trainer_state.json"),
     "missing manifest": ("manifest.json", Path.unlink, "manifest.json is missing"),
+    "NaN weights": (
+        "model.safetensors",
+        _nonfinite(float("nan")),
+        "model.safetensors has non-finite values in",
+    ),
+    "Inf optimizer moments": ("optimizer.safetensors", _nonfinite(float("inf")), "(3 Inf)"),
 }
 
 

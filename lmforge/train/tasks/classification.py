@@ -39,7 +39,10 @@ class ClassificationTask(FinetuneTask):
         from lmforge.data.tasks import LabelMap
 
         self.label_map = LabelMap.from_examples(train)
-        return with_pad_id(load_classifier(self.config.model, self.label_map), tokenizer)
+        model = load_classifier(
+            self.config.model, self.label_map, allow_nonfinite=self.config.allow_nonfinite
+        )
+        return with_pad_id(model, tokenizer)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         from lmforge.data.tasks import encode_classification
@@ -72,6 +75,7 @@ class ClassificationTask(FinetuneTask):
             text_column=c.text_column,
             text_pair_column=c.text_pair_column,
             label_column=c.label_column,
+            allow_nonfinite=c.allow_nonfinite,
         )
 
     def fingerprint(self) -> dict:
@@ -89,12 +93,12 @@ def classification_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
     return loss, torch.tensor(batch["labels"].numel(), device=logits.device)
 
 
-def load_classifier(path: str, label_map):
+def load_classifier(path: str, label_map, *, allow_nonfinite: bool = False):
     """The checkpoint at `path` with a new head for `label_map` (kept as is if it already has those labels)."""
     import lmforge
     from lmforge.models import SequenceClassifier
 
-    model = lmforge.load_model(path)
+    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
     if isinstance(model, SequenceClassifier):
         if model.labels.id2label == label_map.id2label:
             return model
@@ -150,13 +154,15 @@ def predict_logits(model, features: list[dict], pad_id: int | None, batch_size: 
     return torch.cat(logits) if logits else torch.zeros(0, model.labels.num_labels)
 
 
-def load_trained_classifier(path: str, device=None):
+def load_trained_classifier(path: str, device=None, *, allow_nonfinite: bool = False):
     """(classifier, tokenizer) of a fine-tuned checkpoint; anything else is a one-line error."""
     import lmforge
     from lmforge.models import SequenceClassifier
 
     device = device or default_device()
-    model = lmforge.load_model(path, dtype=resolve_dtype(None, device), device=device)
+    model = lmforge.load_model(
+        path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
+    )
     if not isinstance(model, SequenceClassifier):
         raise LmforgeError(
             f"{path} is not a sequence classifier ({type(model).__name__}); "
@@ -175,12 +181,13 @@ def evaluate_classifier(
     text_column: str = "text",
     text_pair_column: str | None = None,
     label_column: str = "label",
+    allow_nonfinite: bool = False,
 ) -> dict:
     """Classification metrics of a fine-tuned model on a labelled CSV/JSONL file."""
     from lmforge.data.tasks import LabelMap, encode_classification, read_classification
     from lmforge.eval.metrics import unknown_label_error
 
-    model, tok = load_trained_classifier(model_dir)
+    model, tok = load_trained_classifier(model_dir, allow_nonfinite=allow_nonfinite)
     examples = read_classification(
         data, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column
     )
@@ -203,14 +210,19 @@ def classify_texts(
 
 
 def label_scores(
-    model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
+    model_dir: str,
+    texts: list[str],
+    *,
+    max_length: int = 512,
+    batch_size: int = 32,
+    allow_nonfinite: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Each text's (label name, probability) pairs, the most probable (the prediction) first.
 
     The probabilities are the softmax of the logits, as a `transformers` text-classification pipeline's
     scores; the order is the logits' (ties keep the label order, as argmax does).
     """
-    model, tok = load_trained_classifier(model_dir)
+    model, tok = load_trained_classifier(model_dir, allow_nonfinite=allow_nonfinite)
     features = []
     for i in range(0, len(texts), batch_size):
         enc = tok.encode_inputs(texts[i : i + batch_size], max_length=max_length)

@@ -37,13 +37,13 @@ class InstructTask(FinetuneTask):
         from lmforge.data.tasks import ensure_chat_template
 
         ensure_chat_template(tokenizer)  # saved with every checkpoint, so the model keeps its format
-        return _decoder(self.config.model)
+        return _decoder(self.config.model, self.config.allow_nonfinite)
 
     def load_trained(self, tokenizer):
         from lmforge.data.tasks import ensure_chat_template
 
         ensure_chat_template(tokenizer)
-        return _decoder(self.config.model)
+        return _decoder(self.config.model, self.config.allow_nonfinite)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         return reply_features(tokenizer, examples, self.config.max_length)
@@ -89,10 +89,10 @@ def is_causal_lm(model) -> bool:
     return kind in ("gpt2", "llama") and getattr(model, "lm_head", None) is not None
 
 
-def _decoder(path: str):
+def _decoder(path: str, allow_nonfinite: bool):
     import lmforge
 
-    model = lmforge.load_model(path)
+    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
     if not is_causal_lm(model):
         kind = getattr(model.config, "model_type", type(model).__name__)
         raise LmforgeError(

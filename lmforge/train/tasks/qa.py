@@ -36,10 +36,10 @@ class QATask(FinetuneTask):
         return read_squad(path)
 
     def build_model(self, tokenizer, train: list):
-        return load_span_model(self.config.model)
+        return load_span_model(self.config.model, allow_nonfinite=self.config.allow_nonfinite)
 
     def load_trained(self, tokenizer):
-        return load_trained_span_model(self.config.model)
+        return load_trained_span_model(self.config.model, allow_nonfinite=self.config.allow_nonfinite)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         """Training: one row per window with start_positions/end_positions. Scoring: one row per window
@@ -93,13 +93,13 @@ def span_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return (start_loss + end_loss) / 2, torch.tensor(len(start), device=start.device)
 
 
-def load_span_model(path: str):
+def load_span_model(path: str, *, allow_nonfinite: bool = False):
     """The checkpoint at `path` with a span head: a new one on a BERT-family encoder, or its own."""
     import lmforge
     from lmforge.models import Bert, SpanQA
     from lmforge.models.heads import TaskModel
 
-    model = lmforge.load_model(path)
+    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
     if isinstance(model, SpanQA):
         return model
     if isinstance(model, TaskModel):  # a classifier: keep its encoder, drop its head
@@ -113,13 +113,15 @@ def load_span_model(path: str):
     return SpanQA.from_base(model)
 
 
-def load_trained_span_model(path: str, device=None):
+def load_trained_span_model(path: str, device=None, *, allow_nonfinite: bool = False):
     """A fine-tuned span QA checkpoint; anything else is a one-line error."""
     import lmforge
     from lmforge.models import SpanQA
 
     device = device or default_device()
-    model = lmforge.load_model(path, dtype=resolve_dtype(None, device), device=device)
+    model = lmforge.load_model(
+        path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
+    )
     if not isinstance(model, SpanQA):
         raise LmforgeError(
             f"{path} is not a question-answering model ({type(model).__name__}); "
@@ -211,11 +213,12 @@ def answer_questions(
     max_answer_length: int = 30,
     batch_size: int = 32,
     always_answer: bool = False,
+    allow_nonfinite: bool = False,
 ) -> list[str]:
     """The answer of each question, in order: a span of its context, or "" for "no answer"."""
     import lmforge
 
-    model = load_trained_span_model(model_dir)
+    model = load_trained_span_model(model_dir, allow_nonfinite=allow_nonfinite)
     tokenizer = lmforge.load_tokenizer(model_dir)
     predictions = predict_answers(
         model,

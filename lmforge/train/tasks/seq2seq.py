@@ -56,7 +56,7 @@ class Seq2SeqTask(FinetuneTask):
         from lmforge.data.tasks import ensure_chat_template
 
         path = self.config.model
-        model = lmforge.load_model(path)
+        model = lmforge.load_model(path, allow_nonfinite=self.config.allow_nonfinite)
         self.decoder_only = is_causal_lm(model)
         if not (self.decoder_only or getattr(model, "is_encoder_decoder", False)):
             kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
