@@ -369,6 +369,7 @@ def build_parser() -> ArgumentParser:
     _add_embedding_verbs(verbs)
     _add_finetune_verbs(verbs)
     _add_model_verbs(verbs)
+    _add_export_verb(verbs)
 
     p = verbs.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights")
     p.add_argument("--model", required=True, help="the base checkpoint directory (lmforge or Hugging Face)")
@@ -579,6 +580,30 @@ def _add_model_verbs(verbs) -> None:
 
     p = verbs.add_parser("models", help="list the models known by short name (and the hub's cached ones)")
     p.set_defaults(func=cmd_models)
+
+
+# lmforge export --format: the file formats a model can be written in.
+EXPORT_FORMATS = ("gguf",)
+
+
+def cmd_export(args) -> None:
+    if args.format not in EXPORT_FORMATS:
+        raise LmforgeError(f"unknown export format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    from lmforge.gguf.writer import export_gguf
+
+    out = export_gguf(args.model, args.out, dtype=args.dtype)
+    print(f"wrote {args.model} as GGUF ({args.dtype}) to {out}")
+
+
+def _add_export_verb(verbs) -> None:
+    p = verbs.add_parser("export", help="write a llama or GPT-2 model and its tokenizer as one GGUF file")
+    p.add_argument("model", metavar="MODEL", help="a checkpoint directory, .gguf file, known name or hub id")
+    p.add_argument("--format", required=True, help="the file format: gguf (llama.cpp's)")
+    p.add_argument("--out", required=True, help="the .gguf file to write (replaced whole if it exists)")
+    p.add_argument(
+        "--dtype", default="f16", help="how matrices are stored: f32, f16 (default) or q8_0 (8-bit blocks)"
+    )
+    p.set_defaults(func=cmd_export)
 
 
 def main(argv: list[str] | None = None) -> int:

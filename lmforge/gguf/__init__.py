@@ -1,6 +1,8 @@
-"""GGUF files (llama.cpp's format): models and tokenizers read from their metadata and tensors."""
+"""GGUF files (llama.cpp's format): models and tokenizers read from their metadata and tensors, and
+written as them."""
 
 from lmforge.gguf.reader import load_gguf_model, read_gguf
 from lmforge.gguf.tokenizer import load_gguf_tokenizer
+from lmforge.gguf.writer import export_gguf, write_gguf
 
-__all__ = ["load_gguf_model", "load_gguf_tokenizer", "read_gguf"]
+__all__ = ["export_gguf", "load_gguf_model", "load_gguf_tokenizer", "read_gguf", "write_gguf"]
