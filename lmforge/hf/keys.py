@@ -165,20 +165,27 @@ def _t5_map() -> KeyMap:
     return KeyMap(names, "", ignored=ignored, gated_names=gated_names)
 
 
-def _with_task_heads(key_map: KeyMap, names: list[str]) -> KeyMap:
-    """The map plus task-head weights (lmforge/models/heads.py), which keep their names in both libraries."""
-    heads = tuple(dict.fromkeys(n.split(".")[0] + "." for n in names))
-    return dataclasses.replace(
-        key_map, names={**key_map.names, **{n: n for n in names}}, heads=key_map.heads + heads
-    )
+def _with_task_heads(key_map: KeyMap, heads: dict[str, str]) -> KeyMap:
+    """The map plus task-head weights (lmforge/models/heads.py), {lmforge: Hugging Face}: in their
+    checkpoints a head sits beside the base model, outside its prefix."""
+    hf_heads = tuple(dict.fromkeys(theirs.split(".")[0] + "." for theirs in heads.values()))
+    return dataclasses.replace(key_map, names={**key_map.names, **heads}, heads=key_map.heads + hf_heads)
 
+
+# `*ForSequenceClassification`: a decoder's `score` (no bias), BERT's `classifier`; BERT's
+# `*ForQuestionAnswering`: `qa_outputs`, start and end logits.
+DECODER_HEADS = {"label_head.weight": "score.weight"}
+BERT_HEADS = {
+    f"{ours}.{p}": f"{theirs}.{p}"
+    for ours, theirs in (("label_head", "classifier"), ("span_head", "qa_outputs"))
+    for p in ("weight", "bias")
+}
 
 KEY_MAPS = {
-    "gpt2": _with_task_heads(_gpt2_map(), ["score.weight"]),
-    "llama": _with_task_heads(_llama_map(), ["score.weight"]),
+    "gpt2": _with_task_heads(_gpt2_map(), DECODER_HEADS),
+    "llama": _with_task_heads(_llama_map(), DECODER_HEADS),
     "bert": _with_task_heads(
-        _bert_map("bert.", "cls.predictions.", "transform.dense", "transform.LayerNorm"),
-        ["classifier.weight", "classifier.bias", "qa_outputs.weight", "qa_outputs.bias"],
+        _bert_map("bert.", "cls.predictions.", "transform.dense", "transform.LayerNorm"), BERT_HEADS
     ),
     "roberta": _bert_map("roberta.", "lm_head.", "dense", "layer_norm"),
     "t5": _t5_map(),

@@ -5,8 +5,10 @@ every token as the start and the end of the answer span.
 Which vector a classifier reads depends on the base: BERT's pooler output (tanh(dense) of [CLS]),
 or, for a decoder (GPT-2, Llama), the hidden state of the last token that is not padding, the only
 one that has seen the whole sequence. The base keeps its own module names under `base.`; the head
-replaces a decoder's language-model head. Layouts match transformers' `*ForSequenceClassification`
-and `BertForQuestionAnswering`, so checkpoints convert by name (see lmforge/hf/keys.py).
+replaces a decoder's language-model head. As `lm_head` gives logits over the vocabulary, `label_head`
+gives them over the labels and `span_head` over answer starts and ends. Layouts match transformers'
+`*ForSequenceClassification` and `BertForQuestionAnswering`, so checkpoints convert by a key map
+(lmforge/hf/keys.py: `label_head` is their `classifier` or `score`, `span_head` their `qa_outputs`).
 """
 
 from __future__ import annotations
@@ -99,11 +101,9 @@ class SequenceClassifier(TaskModel):
         super().__init__(base)
         self.labels = labels
         d_model, n = base.config.d_model, labels.num_labels
-        if self.is_encoder:
+        if self.is_encoder:  # BERT: dropout, then a linear layer with a bias, on the pooled [CLS]
             self.dropout = nn.Dropout(base.config.dropout)
-            self.classifier = _new_linear(d_model, n, bias=True)
-        else:
-            self.score = _new_linear(d_model, n, bias=False)
+        self.label_head = _new_linear(d_model, n, bias=self.is_encoder)  # decoders' has no bias
 
     @classmethod
     def from_base(
@@ -126,9 +126,9 @@ class SequenceClassifier(TaskModel):
         """Logits (B, num_labels); attention_mask (B, T) is 1 for real tokens."""
         if self.is_encoder:
             pooled = self.base.pooled(input_ids, attention_mask, token_type_ids)
-            return self.classifier(self.dropout(pooled))
+            return self.label_head(self.dropout(pooled))
         x = self.base.hidden(input_ids, attention_mask=attention_mask)
-        return self.score(x[torch.arange(len(x), device=x.device), self.last_token(input_ids)])
+        return self.label_head(x[torch.arange(len(x), device=x.device), self.last_token(input_ids)])
 
     def last_token(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The index (B,) of each row's last token that is not pad_token_id (rows are right-padded)."""
@@ -155,7 +155,7 @@ class SpanQA(TaskModel):
         if not isinstance(base, Bert):
             raise LmforgeError(f"span QA needs a BERT base model, got {type(base).__name__}")
         super().__init__(_prepare_base(base, use_pooler=False))
-        self.qa_outputs = _new_linear(base.config.d_model, 2, bias=True)
+        self.span_head = _new_linear(base.config.d_model, 2, bias=True)  # start and end logits
 
     @classmethod
     def from_base(cls, base: nn.Module) -> SpanQA:
@@ -169,7 +169,7 @@ class SpanQA(TaskModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(start_logits, end_logits), each (B, T)."""
-        logits = self.qa_outputs(self.base.hidden(input_ids, attention_mask, token_type_ids))  # (B, T, 2)
+        logits = self.span_head(self.base.hidden(input_ids, attention_mask, token_type_ids))  # (B, T, 2)
         start, end = logits.unbind(dim=-1)
         return start.contiguous(), end.contiguous()
 

@@ -155,10 +155,10 @@ def test_fresh_head_on_pretrained_base_opens_in_transformers(tmp_path, case):
     torch.manual_seed(2)
     if case == "bert-qa":
         model = SpanQA.from_base(base)
-        head = model.qa_outputs
+        head = model.span_head
     else:
         model = SequenceClassifier.from_base(base, id2label={0: "no", 1: "yes", 2: "maybe", 3: "other"})
-        head = model.classifier if family == "bert" else model.score
+        head = model.label_head
         assert model.labels.label2id == {"no": 0, "yes": 1, "maybe": 2, "other": 3}
     assert 0.01 < head.weight.std().item() < 0.03
     assert head.bias is None or not head.bias.any()

@@ -36,13 +36,13 @@ def _rows(n: int, seed: int) -> list[dict]:
 def test_lora_trains_only_adapters_and_head(minilm_path):
     labels = LabelMap(["negative", "positive"])
     model = load_classifier(str(minilm_path), labels)
-    apply_lora_for_peft(model, list(TARGETS), R, 8, 0.0, trainable=["classifier"])
+    apply_lora_for_peft(model, list(TARGETS), R, 8, 0.0, trainable=["label_head"])
     d, layers = model.config.d_model, model.config.n_layers
     adapters = layers * len(TARGETS) * (R * d + d * R)  # A (r, d) and B (d, r) per adapted projection
-    head = d * 2 + 2  # classifier weight and bias
+    head = d * 2 + 2  # label_head weight and bias
     assert count_trainable(model) == adapters + head == 37_634
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all(".lora_" in n or n.startswith("classifier.") for n in trainable)
+    assert all(".lora_" in n or n.startswith("label_head.") for n in trainable)
     assert count_trainable(model) < 0.002 * sum(p.numel() for p in model.parameters())
 
 

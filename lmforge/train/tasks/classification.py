@@ -55,7 +55,7 @@ class ClassificationTask(FinetuneTask):
         return classification_loss(model, batch)
 
     def trainable_modules(self, model) -> list[str]:
-        heads = ["classifier"] if model.is_encoder else ["score"]
+        heads = ["label_head"]
         # A pooler the checkpoint did not have is new, so it trains too (as the head does).
         if model.is_encoder and getattr(model, "new_pooler", False):
             heads.append("base.pooler")

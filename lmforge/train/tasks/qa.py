@@ -56,7 +56,7 @@ class QATask(FinetuneTask):
         return span_loss(model, batch)
 
     def trainable_modules(self, model) -> list[str]:
-        return ["qa_outputs"]
+        return ["span_head"]
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
         from lmforge.eval.metrics import compute_metrics
