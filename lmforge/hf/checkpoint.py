@@ -82,13 +82,13 @@ def read_state_dict(ckpt_dir: Path, *, allow_nonfinite: bool = False) -> dict[st
     inspection), with one warning line on standard error.
     """
     if (ckpt_dir / SAFETENSORS).exists():
-        files, load = [ckpt_dir / SAFETENSORS], _load_safetensors
+        files, load = [ckpt_dir / SAFETENSORS], read_safetensors
     elif (ckpt_dir / SAFETENSORS_INDEX).exists():
-        files, load = _shard_files(ckpt_dir / SAFETENSORS_INDEX), _load_safetensors
+        files, load = _shard_files(ckpt_dir / SAFETENSORS_INDEX), read_safetensors
     elif (ckpt_dir / PICKLE).exists():
-        files, load = [ckpt_dir / PICKLE], _load_pickle
+        files, load = [ckpt_dir / PICKLE], read_pickle
     elif (ckpt_dir / PICKLE_INDEX).exists():
-        files, load = _shard_files(ckpt_dir / PICKLE_INDEX), _load_pickle
+        files, load = _shard_files(ckpt_dir / PICKLE_INDEX), read_pickle
     else:
         raise LmforgeError(f"{ckpt_dir} has no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE})")
     state, nonfinite = {}, []
@@ -185,7 +185,8 @@ def _shard_files(index: Path) -> list[Path]:
     return sorted(set(files))
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in one safetensors file; a missing or unreadable file is a one-line error."""
     try:
         return load_file(path)
     except FileNotFoundError:
@@ -194,7 +195,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise LmforgeError(f"cannot read {path}: {e}; the checkpoint is corrupt") from None
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one legacy `torch.save` file, read as weights only: a file holding anything but a
+    state dict of tensors is refused, never run. The first one read in a directory is noted on stderr."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -22,11 +22,11 @@ from safetensors.torch import save_file
 from lmforge.errors import LmforgeError
 from lmforge.hf.checkpoint import (
     BASE,
-    _load_pickle,
-    _load_safetensors,
     load_model,
     nonfinite_tensors,
     read_json,
+    read_pickle,
+    read_safetensors,
     report_nonfinite,
     resolve_checkpoint_dir,
 )
@@ -226,9 +226,9 @@ def read_adapter_config(adapter_dir: Path) -> dict:
 
 def _read_adapter_weights(adapter_dir: Path, allow_nonfinite: bool) -> dict[str, torch.Tensor]:
     if (adapter_dir / ADAPTER_WEIGHTS).exists():
-        path, tensors = adapter_dir / ADAPTER_WEIGHTS, _load_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+        path, tensors = adapter_dir / ADAPTER_WEIGHTS, read_safetensors(adapter_dir / ADAPTER_WEIGHTS)
     elif (adapter_dir / ADAPTER_PICKLE).exists():
-        path, tensors = adapter_dir / ADAPTER_PICKLE, _load_pickle(adapter_dir / ADAPTER_PICKLE)
+        path, tensors = adapter_dir / ADAPTER_PICKLE, read_pickle(adapter_dir / ADAPTER_PICKLE)
     else:
         raise LmforgeError(f"{adapter_dir} has no adapter weights ({ADAPTER_WEIGHTS} or {ADAPTER_PICKLE})")
     report_nonfinite([(path, *found) for found in nonfinite_tensors(tensors)], allow_nonfinite)
