@@ -95,10 +95,10 @@ def classification_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
 
 def load_classifier(path: str, label_map, *, allow_nonfinite: bool = False):
     """The checkpoint at `path` with a new head for `label_map` (kept as is if it already has those labels)."""
-    import lmforge
+    from lmforge.hf import load_model
     from lmforge.models import SequenceClassifier
 
-    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
+    model = load_model(path, allow_nonfinite=allow_nonfinite)
     if isinstance(model, SequenceClassifier):
         if model.labels.id2label == label_map.id2label:
             return model
@@ -156,11 +156,12 @@ def predict_logits(model, features: list[dict], pad_id: int | None, batch_size: 
 
 def load_trained_classifier(path: str, device=None, *, allow_nonfinite: bool = False):
     """(classifier, tokenizer) of a fine-tuned checkpoint; anything else is a one-line error."""
-    import lmforge
+    from lmforge.hf import load_model
     from lmforge.models import SequenceClassifier
+    from lmforge.tokenizers import load_tokenizer
 
     device = device or default_device()
-    model = lmforge.load_model(
+    model = load_model(
         path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
     )
     if not isinstance(model, SequenceClassifier):
@@ -168,7 +169,7 @@ def load_trained_classifier(path: str, device=None, *, allow_nonfinite: bool = F
             f"{path} is not a sequence classifier ({type(model).__name__}); "
             "fine-tune one first with `lmforge finetune --task classification`"
         )
-    tok = lmforge.load_tokenizer(path)
+    tok = load_tokenizer(path)
     return with_pad_id(model, tok), tok
 
 

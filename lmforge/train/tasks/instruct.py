@@ -90,9 +90,9 @@ def is_causal_lm(model) -> bool:
 
 
 def _decoder(path: str, allow_nonfinite: bool):
-    import lmforge
+    from lmforge.hf import load_model
 
-    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
+    model = load_model(path, allow_nonfinite=allow_nonfinite)
     if not is_causal_lm(model):
         kind = getattr(model.config, "model_type", type(model).__name__)
         raise LmforgeError(

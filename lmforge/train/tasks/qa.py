@@ -95,11 +95,11 @@ def span_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_span_model(path: str, *, allow_nonfinite: bool = False):
     """The checkpoint at `path` with a span head: a new one on a BERT-family encoder, or its own."""
-    import lmforge
+    from lmforge.hf import load_model
     from lmforge.models import Bert, SpanQA
     from lmforge.models.heads import TaskModel
 
-    model = lmforge.load_model(path, allow_nonfinite=allow_nonfinite)
+    model = load_model(path, allow_nonfinite=allow_nonfinite)
     if isinstance(model, SpanQA):
         return model
     if isinstance(model, TaskModel):  # a classifier: keep its encoder, drop its head
@@ -115,11 +115,11 @@ def load_span_model(path: str, *, allow_nonfinite: bool = False):
 
 def load_trained_span_model(path: str, device=None, *, allow_nonfinite: bool = False):
     """A fine-tuned span QA checkpoint; anything else is a one-line error."""
-    import lmforge
+    from lmforge.hf import load_model
     from lmforge.models import SpanQA
 
     device = device or default_device()
-    model = lmforge.load_model(
+    model = load_model(
         path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
     )
     if not isinstance(model, SpanQA):
@@ -216,10 +216,10 @@ def answer_questions(
     allow_nonfinite: bool = False,
 ) -> list[str]:
     """The answer of each question, in order: a span of its context, or "" for "no answer"."""
-    import lmforge
+    from lmforge.tokenizers import load_tokenizer
 
     model = load_trained_span_model(model_dir, allow_nonfinite=allow_nonfinite)
-    tokenizer = lmforge.load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     predictions = predict_answers(
         model,
         examples,

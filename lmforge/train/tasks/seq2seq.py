@@ -52,11 +52,11 @@ class Seq2SeqTask(FinetuneTask):
         return self._model(tokenizer, "evaluated with --task seq2seq")
 
     def _model(self, tokenizer, what: str):
-        import lmforge
         from lmforge.data.tasks import ensure_chat_template
+        from lmforge.hf import load_model
 
         path = self.config.model
-        model = lmforge.load_model(path, allow_nonfinite=self.config.allow_nonfinite)
+        model = load_model(path, allow_nonfinite=self.config.allow_nonfinite)
         self.decoder_only = is_causal_lm(model)
         if not (self.decoder_only or getattr(model, "is_encoder_decoder", False)):
             kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
