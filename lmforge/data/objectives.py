@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.train.loss import IGNORE_INDEX
 
+IGNORE_INDEX = -100  # label value of positions that carry no loss (padding, prompts, unmasked tokens)
 MLM_PROBABILITY = 0.15
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
@@ -190,6 +190,17 @@ def masked_lm_batch(
     return {"input_ids": inputs, "labels": labels}
 
 
+def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: labels (B, T) shifted one step right after the start token.
+
+    IGNORE_INDEX labels become padding, as in T5: the decoder never sees -100 as an id.
+    """
+    shifted = torch.cat(
+        [labels.new_full((labels.shape[0], 1), decoder_start_token_id), labels[:, :-1]], dim=1
+    )
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
+
+
 def span_corruption_batch(
     tokens: torch.Tensor,
     generator: torch.Generator,
@@ -200,8 +211,6 @@ def span_corruption_batch(
     pad_token_id: int,
 ) -> dict:
     """A span-corruption training batch from windows (B, L): encoder inputs, decoder inputs, labels."""
-    from lmforge.train.loss import shift_right
-
     inputs, labels = corrupt_spans(
         tokens, sentinel_ids=sentinel_ids, eos_token_id=eos_token_id, generator=generator
     )

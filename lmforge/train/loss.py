@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # label value of positions that carry no loss (padding, prompts)
+# Labels are made with the data (lmforge.data.objectives): IGNORE_INDEX marks a position without loss.
+from lmforge.data.objectives import IGNORE_INDEX, shift_right
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,17 +44,6 @@ def masked_lm_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         token_type_ids=batch.get("token_type_ids"),
     )
     return token_loss_sum(logits, batch["labels"])
-
-
-def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Decoder inputs for teacher forcing: labels (B, T) shifted one step right after the start token.
-
-    IGNORE_INDEX labels become padding, as in T5: the decoder never sees -100 as an id.
-    """
-    shifted = torch.cat(
-        [labels.new_full((labels.shape[0], 1), decoder_start_token_id), labels[:, :-1]], dim=1
-    )
-    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
 
 
 def seq2seq_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

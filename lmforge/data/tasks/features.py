@@ -14,9 +14,9 @@ from typing import Any
 import tokenizers
 import torch
 
+from lmforge.data.objectives import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.loss import IGNORE_INDEX
 
 # What each padded position holds, per key; keys not listed are per-example scalars, stacked.
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.objectives import IGNORE_INDEX
 from lmforge.data.readers import jsonl_objects
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import Tokenizer
@@ -36,7 +37,6 @@ from lmforge.tokenizers.chat import DEFAULT_CHAT_TEMPLATE as DEFAULT_CHAT_TEMPLA
 from lmforge.tokenizers.chat import encode_chat_turns
 from lmforge.tokenizers.chat import ensure_chat_template as ensure_chat_template
 from lmforge.tokenizers.chat import render_chat as render_chat
-from lmforge.train.loss import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
 # Tokens kept from the end of a prompt cut to fit (`fit_prompt`): the input's last words and the reply header.
