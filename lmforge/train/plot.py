@@ -1,77 +1,22 @@
 """The loss-curve PNG written at the end of training, drawn with NumPy alone.
 
 lmforge depends on neither matplotlib nor Pillow, so this file rasterises the plot itself (a
-(H, W, 3) uint8 array: grid, axes, ticks, a 5x7 bitmap font for the labels, the train line, the
-validation markers, a legend) and encodes it as a PNG (W3C PNG specification, 2nd edition):
-the 8-byte signature, then IHDR, IDAT and IEND chunks, each length + type + data + CRC-32, where
-IDAT is the zlib stream of the scanlines, each prefixed by its filter type (0, none).
+(H, W, 3) uint8 array: grid, axes, ticks, the labels in a 5x7 bitmap font, the train line, the
+validation markers, a legend); lmforge/png.py has the font and encodes the array as a PNG.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-TRAIN_COLOUR = (31, 119, 180)
-VAL_COLOUR = (255, 127, 14)
+from lmforge.png import BACKGROUND, BLUE, INK, ORANGE, SCALE, draw_text, encode_png, paint, text_width
+
+TRAIN_COLOUR, VAL_COLOUR = BLUE, ORANGE
 GRID_COLOUR = (228, 228, 228)
-INK = (40, 40, 40)
-BACKGROUND = (255, 255, 255)
-SCALE = 2  # font pixels per bitmap pixel: 10x14 characters
-
-# 5x7 glyphs, one int per row, bit 4 the leftmost column. Only what tick labels and the words
-# "step", "loss", "train", "val" need; any other character draws as a space.
-FONT = {
-    "0": (14, 17, 19, 21, 25, 17, 14),
-    "1": (4, 12, 4, 4, 4, 4, 14),
-    "2": (14, 17, 1, 2, 4, 8, 31),
-    "3": (31, 2, 4, 2, 1, 17, 14),
-    "4": (2, 6, 10, 18, 31, 2, 2),
-    "5": (31, 16, 30, 1, 1, 17, 14),
-    "6": (6, 8, 16, 30, 17, 17, 14),
-    "7": (31, 1, 2, 4, 8, 8, 8),
-    "8": (14, 17, 17, 14, 17, 17, 14),
-    "9": (14, 17, 17, 15, 1, 2, 12),
-    ".": (0, 0, 0, 0, 0, 12, 12),
-    "-": (0, 0, 0, 31, 0, 0, 0),
-    "+": (0, 4, 4, 31, 4, 4, 0),
-    "a": (0, 0, 14, 1, 15, 17, 15),
-    "e": (0, 0, 14, 17, 31, 16, 14),
-    "i": (4, 0, 12, 4, 4, 4, 14),
-    "l": (12, 4, 4, 4, 4, 4, 14),
-    "n": (0, 0, 22, 25, 17, 17, 17),
-    "o": (0, 0, 14, 17, 17, 17, 14),
-    "p": (0, 0, 30, 17, 30, 16, 16),
-    "r": (0, 0, 22, 25, 16, 16, 16),
-    "s": (0, 0, 14, 16, 14, 1, 30),
-    "t": (8, 8, 28, 8, 8, 9, 6),
-    "v": (0, 0, 17, 17, 17, 10, 4),
-}
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 array as the bytes of an 8-bit truecolour PNG."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"encode_png needs an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    height, width, _ = rgb.shape
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    # bit depth 8, colour type 2 (RGB), compression 0, filter method 0, no interlace
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    scanlines = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, width * 3)], axis=1)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 9))
-        + chunk(b"IEND", b"")
-    )
 
 
 def write_loss_png(
@@ -88,7 +33,7 @@ def write_loss_png(
     frame = _Frame.fit(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), width, height)
     img = np.full((height, width, 3), BACKGROUND, np.uint8)
     frame.draw_axes(img)
-    _draw_text(img, title, (width - _text_width(title)) // 2, 10, INK)
+    draw_text(img, title, (width - text_width(title)) // 2, 10, INK)
     if len(train_x):
         px, py = frame.to_pixels(train_x, train_y)
         _draw_polyline(img, *_thin(px, py), TRAIN_COLOUR, thickness=2)
@@ -131,11 +76,11 @@ class _Frame:
         y_range = _padded_range(ys, pad=0.06)
         top, bottom = 40, height - 3 * 7 * SCALE - 18  # below: a row of x labels and "step"
         y_ticks = _ticks(*y_range, target=min(6, max(2, (bottom - top) // (3 * 7 * SCALE))))
-        left = 8 + max(_text_width(label) for _, label in y_ticks) + 12  # label, gap, tick mark
+        left = 8 + max(text_width(label) for _, label in y_ticks) + 12  # label, gap, tick mark
         for target in (8, 6, 4, 3, 2):  # fewer x ticks until their labels do not collide
             x_ticks = _ticks(*x_range, target=target, min_step=1.0)  # steps are integers
-            widest = max(_text_width(label) for _, label in x_ticks)
-            right = width - max(20, _text_width(x_ticks[-1][1]) // 2 + 6)  # the last label fits
+            widest = max(text_width(label) for _, label in x_ticks)
+            right = width - max(20, text_width(x_ticks[-1][1]) // 2 + 6)  # the last label fits
             if len(x_ticks) * (widest + 4 * SCALE) <= right - left:
                 break
         return cls(x_range, y_range, x_ticks, y_ticks, (left, top, right, bottom))
@@ -152,15 +97,15 @@ class _Frame:
             x = round(float(self.to_pixels(np.array(value), np.array(self.y0))[0]))
             img[top:bottom, x] = GRID_COLOUR
             img[bottom : bottom + 6, x] = INK
-            _draw_text(img, label, x - _text_width(label) // 2, bottom + 10, INK)
+            draw_text(img, label, x - text_width(label) // 2, bottom + 10, INK)
         for value, label in self.y_ticks:
             y = round(float(self.to_pixels(np.array(self.x0), np.array(value))[1]))
             img[y, left:right] = GRID_COLOUR
             img[y, left - 6 : left] = INK
-            _draw_text(img, label, left - 12 - _text_width(label), y - glyph_h // 2, INK)
+            draw_text(img, label, left - 12 - text_width(label), y - glyph_h // 2, INK)
         img[top : bottom + 1, [left, right]] = INK
         img[[top, bottom], left : right + 1] = INK
-        _draw_text(img, "step", (left + right - _text_width("step")) // 2, bottom + 14 + glyph_h, INK)
+        draw_text(img, "step", (left + right - text_width("step")) // 2, bottom + 14 + glyph_h, INK)
 
 
 def _padded_range(values: np.ndarray, pad: float) -> tuple[float, float]:
@@ -205,57 +150,30 @@ def _thin(px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return px[keep], py[keep]
 
 
-def _paint(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, colour, thickness: int) -> None:
-    """Set a thickness x thickness square of pixels at each (x, y), clipped to the image."""
-    h, w, _ = img.shape
-    xi, yi = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
-    offsets = range(-(thickness // 2), thickness - thickness // 2)
-    for dx in offsets:
-        for dy in offsets:
-            x, y = xi + dx, yi + dy
-            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-            img[y[inside], x[inside]] = colour
-
-
 def _draw_polyline(img: np.ndarray, px: np.ndarray, py: np.ndarray, colour, thickness: int) -> None:
     """Sample every segment at least once per pixel of its longer side, then paint the samples."""
     if len(px) == 1:
-        _paint(img, px, py, colour, thickness)
+        paint(img, px, py, colour, thickness)
         return
     dx, dy = np.diff(px), np.diff(py)
     n = np.ceil(np.maximum(np.abs(dx), np.abs(dy))).astype(np.int64) + 1  # samples per segment
     seg = np.repeat(np.arange(len(dx)), n)
     offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # index within its segment
     t = offset / np.repeat(np.maximum(n - 1, 1), n)
-    _paint(img, px[seg] + t * dx[seg], py[seg] + t * dy[seg], colour, thickness)
+    paint(img, px[seg] + t * dx[seg], py[seg] + t * dy[seg], colour, thickness)
 
 
 def _draw_dots(img: np.ndarray, px: np.ndarray, py: np.ndarray, colour, radius: int) -> None:
     for dx in range(-radius, radius + 1):
         for dy in range(-radius, radius + 1):
             if dx * dx + dy * dy <= radius * radius + 1:
-                _paint(img, px + dx, py + dy, colour, thickness=1)
-
-
-def _text_width(text: str) -> int:
-    return max(0, len(text) * 6 * SCALE - SCALE)
-
-
-def _draw_text(img: np.ndarray, text: str, x: int, y: int, colour) -> None:
-    """Draw `text` with its top-left corner at (x, y); upper case falls back to the lower-case glyph."""
-    for i, char in enumerate(text):
-        rows = FONT.get(char, FONT.get(char.lower()))
-        if rows is None:
-            continue
-        bits = np.array([[(r >> (4 - c)) & 1 for c in range(5)] for r in rows], dtype=bool)
-        ys, xs = np.nonzero(np.kron(bits, np.ones((SCALE, SCALE), dtype=bool)))
-        _paint(img, xs + x + i * 6 * SCALE, ys + y, colour, thickness=1)
+                paint(img, px + dx, py + dy, colour, thickness=1)
 
 
 def _draw_legend(img: np.ndarray, frame: _Frame, entries: list[tuple[str, tuple, bool]]) -> None:
     """A boxed key in whichever inner corner of the plot the curves cover least."""
     line_h, swatch = 7 * SCALE + 8, 24
-    w = 8 + swatch + 8 + max(_text_width(label) for label, _, _ in entries) + 10
+    w = 8 + swatch + 8 + max(text_width(label) for label, _, _ in entries) + 10
     h = 6 + line_h * len(entries)
     corners = [
         (frame.right - 10 - w, frame.top + 10),
@@ -279,4 +197,4 @@ def _draw_legend(img: np.ndarray, frame: _Frame, entries: list[tuple[str, tuple,
             _draw_dots(img, np.array([x + 8 + swatch / 2]), np.array([mid]), colour, radius=4)
         else:
             img[mid - 1 : mid + 1, x + 8 : x + 8 + swatch] = colour
-        _draw_text(img, label, x + 8 + swatch + 8, mid - 7 * SCALE // 2, colour=INK)
+        draw_text(img, label, x + 8 + swatch + 8, mid - 7 * SCALE // 2, colour=INK)

@@ -10,7 +10,8 @@ import pytest
 
 from lmforge.eval.metrics import confusion_matrix
 from lmforge.eval.plot import draw_confusion, is_drawable, write_confusion_png
-from lmforge.train.plot import BACKGROUND, INK, SCALE, TRAIN_COLOUR, _draw_text, _text_width
+from lmforge.png import BACKGROUND, INK, SCALE, draw_text, text_width
+from lmforge.train.plot import TRAIN_COLOUR
 
 MATRIX = np.array([[1234, 3, 0, 7], [12, 400, 0, 0], [0, 0, 310, 9], [5, 7, 7, 618]])
 
@@ -52,8 +53,8 @@ def _grid_lines(img, k):
 
 def _reads(mask: np.ndarray, text: str) -> bool:
     """Whether the marked pixels are exactly `text` in the bitmap font, wherever it sits."""
-    canvas = np.zeros((7 * SCALE + 4, _text_width(text) + 4, 3), np.uint8)
-    _draw_text(canvas, text, 2, 2, (255, 255, 255))
+    canvas = np.zeros((7 * SCALE + 4, text_width(text) + 4, 3), np.uint8)
+    draw_text(canvas, text, 2, 2, (255, 255, 255))
     return np.array_equal(_crop(mask), _crop(canvas.any(axis=-1)))
 
 
