@@ -2,7 +2,7 @@
 written as them."""
 
 from lmforge.gguf.reader import load_gguf_model, read_gguf
-from lmforge.gguf.tokenizer import load_gguf_tokenizer
+from lmforge.gguf.tokenizer import read_gguf_tokenizer
 from lmforge.gguf.writer import export_gguf, write_gguf
 
-__all__ = ["export_gguf", "load_gguf_model", "load_gguf_tokenizer", "read_gguf", "write_gguf"]
+__all__ = ["export_gguf", "load_gguf_model", "read_gguf", "read_gguf_tokenizer", "write_gguf"]

@@ -15,7 +15,6 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 
 from lmforge.errors import LmforgeError
 from lmforge.gguf.reader import read_gguf
-from lmforge.tokenizers.tokenizer import Tokenizer
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 CONTROL, USER_DEFINED = 3, 4
@@ -54,8 +53,10 @@ PRE_TOKENIZERS = {
 }
 
 
-def load_gguf_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a GGUF file (byte-level BPE: llama.cpp's `gpt2` tokenizer model)."""
+def read_gguf_tokenizer(path) -> tuple[tokenizers.Tokenizer, dict]:
+    """The tokenizer of a GGUF file (byte-level BPE: llama.cpp's `gpt2` tokenizer model): its `tokenizers`
+    backend, and the rest of an lmforge Tokenizer as its keyword arguments (the special tokens, the chat
+    template, the longest input). lmforge.tokenizers.load_tokenizer builds the Tokenizer from them."""
     file = read_gguf(path)
     meta = file.metadata
     kind = meta.get("tokenizer.ggml.model")
@@ -92,12 +93,11 @@ def load_gguf_tokenizer(path) -> Tokenizer:
         roles["eos_token"] if meta.get("tokenizer.ggml.add_eos_token") else None,
         vocab,
     )
-    return Tokenizer(
-        backend,
+    return backend, {
         **roles,
-        chat_template=meta.get("tokenizer.chat_template"),
-        model_max_length=file.arch_value("context_length"),
-    )
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "model_max_length": file.arch_value("context_length"),
+    }
 
 
 def _pre_tokenizer(splits: tuple[str, ...]) -> pre_tokenizers.PreTokenizer:

@@ -307,9 +307,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
     path = resolve_model(path)
     if path.suffix == ".gguf" and path.is_file():
-        from lmforge.gguf import load_gguf_tokenizer
+        from lmforge.gguf import read_gguf_tokenizer
 
-        return load_gguf_tokenizer(path)
+        backend, fields = read_gguf_tokenizer(path)
+        return Tokenizer(backend, **fields)
     expected = (
         "a directory with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), "
         "or a tokenizer.json file"
