@@ -66,6 +66,7 @@ class FinetuneConfig(TrainConfig):
         None  # the validation file (default: validation.* next to the train file, else every 10th example)
     )
     method: str = "full"  # full (every weight trains) or lora (low-rank adapters and the new head only)
+    dropout: float | None = bounded(None, ge=0, lt=1)  # dropout while fine-tuning (default: the model's own)
     lora_r: int = bounded(8, ge=1, le=2**16)  # LoRA rank
     lora_alpha: float = bounded(16.0, gt=0)  # LoRA scaling numerator (the update is scaled by alpha / r)
     lora_dropout: float = bounded(0.05, ge=0, lt=1)  # dropout on the LoRA input
@@ -117,6 +118,18 @@ class FinetuneConfig(TrainConfig):
             self.lr = default_lr(self.task, self.method)
         if self.method == "lora" and self.fsdp:
             raise LmforgeError("--method lora trains too few weights to shard; drop --fsdp (DDP is used)")
+
+
+def _fit_max_length(config: FinetuneConfig, model) -> None:
+    """Cut --max-length to the model's position table (BERT's 512), which a longer input would index
+    past; a T5's relative positions have no such limit."""
+    if getattr(model, "is_encoder_decoder", False):
+        return
+    base = getattr(model, "base", model)  # a task model's encoder or decoder
+    limit = getattr(base, "max_positions", None) or model.config.max_seq_len
+    if config.max_length > limit:
+        print0(f"--max-length {config.max_length} is more than the model's {limit} positions: using {limit}")
+        config.max_length = limit
 
 
 def data_files(config: FinetuneConfig, task, is_main: bool = True) -> tuple[Path, Path | None]:
@@ -329,6 +342,9 @@ def finetune(config: FinetuneConfig) -> dict:
         tok = load_tokenizer(config.model)
         seed_everything(config.seed)
         model = task.build_model(tok, train)
+        _fit_max_length(config, model)
+        if config.dropout is not None:  # before LoRA, whose adapters keep their own --lora-dropout
+            model.set_dropout(config.dropout)
         pad_id = next(
             (i for i in (model.config.pad_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None),
             None,

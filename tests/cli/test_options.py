@@ -337,3 +337,19 @@ def test_representative_cases_in_a_real_process(tmp_path, bert_dir):
     assert_one_line_error(run_lmforge("generate", "--model", bert_dir, "--prompt", "the"), "encoder")
     assert_one_line_error(run_lmforge("pretrain", "--device", "banana", "--out", tmp_path / "run"), "banana")
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_cuts_max_length_to_the_models_positions(capsys):
+    """A --max-length past BERT's position table indexed past it (an IndexError mid-run); it is cut to
+    the table, and said. A T5's relative positions have no such limit."""
+    from lmforge.train.finetune import _fit_max_length
+
+    bert = build_model(get_preset("bert-tiny", vocab_size=64))
+    config = FinetuneConfig(model="m", max_length=10**5)
+    _fit_max_length(config, bert)
+    assert config.max_length == bert.max_positions
+    assert f"using {bert.max_positions}" in capsys.readouterr().out
+    t5 = build_model(get_preset("t5-tiny", vocab_size=64))
+    config = FinetuneConfig(model="m", task="seq2seq", max_length=10**5)
+    _fit_max_length(config, t5)
+    assert config.max_length == 10**5
