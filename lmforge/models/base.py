@@ -19,6 +19,16 @@ class PretrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout probability `p` everywhere the family has dropout (residual, attention,
+        embedding, head), recorded in the config so the saved config.json says it."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(getattr(module, "dropout", None), float):  # attention's SDPA dropout_p
+                module.dropout = p
+
     def num_params(self, *, trainable_only: bool = False) -> int:
         """Parameters, counting tied ones once."""
         params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}

@@ -99,12 +99,63 @@ PRESETS: dict[str, GPT2Config | LlamaConfig | BertConfig] = {
 
 
 def get_preset(name: str, **overrides) -> GPT2Config | LlamaConfig | BertConfig:
-    """A fresh copy of preset `name` with fields replaced by `overrides`."""
+    """A fresh copy of preset `name` with fields replaced by `overrides`, its shape checked."""
     if name not in PRESETS:
         raise LmforgeError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     base = PRESETS[name]
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    if "d_model" in overrides and "d_ff" not in overrides and isinstance(base, GPT2Config):
-        fields["d_ff"] = None  # keep d_ff = 4 d_model
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise LmforgeError(
+            f"{', '.join(map(_flag, unknown))} does not apply to preset {name!r} (a {base.model_type} model, "
+            f"whose shape takes {', '.join(_flag(k) for k in SHAPE_FIELDS if k in fields)})"
+        )
+    # Sizes the preset derived from the ones overridden are derived again (GPT-2's d_ff = 4 d_model,
+    # Llama's d_head = d_model / n_heads and, with plain multi-head attention, n_kv_heads = n_heads).
+    derived = {
+        "d_ff": isinstance(base, GPT2Config) and base.d_ff == 4 * base.d_model,
+        "d_head": isinstance(base, LlamaConfig) and base.d_head * base.n_heads == base.d_model,
+        "n_kv_heads": isinstance(base, LlamaConfig) and base.n_kv_heads == base.n_heads,
+    }
+    for key, is_derived in derived.items():
+        if is_derived and key not in overrides and {"d_model", "n_heads"} & set(overrides):
+            fields[key] = None
     fields.update(overrides)
+    splits = isinstance(base, GPT2Config | BertConfig) or (
+        isinstance(base, LlamaConfig) and not fields["d_head"]
+    )
+    _check_shape(fields, f"preset {name!r}", heads_split_width=splits)
     return type(base)(**fields)
+
+
+# The fields of a model's shape that `pretrain` takes as flags (--d-model 128 --n-layers 4 ...).
+SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff", "dropout", "rope_theta")
+
+
+def _check_shape(fields: dict, what: str, *, heads_split_width: bool) -> None:
+    """One line unless the shape fits its family: positive sizes, heads that divide the width (where
+    the head size derives from it), key/value heads that divide the heads, a dropout below 1."""
+    sizes = ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff")
+    for key in sizes:
+        if fields.get(key) is not None and fields[key] < 1:
+            raise LmforgeError(f"{_flag(key)} must be at least 1 for {what}, got {fields[key]}")
+    if not 0 <= fields["dropout"] < 1:
+        raise LmforgeError(f"--dropout must be in [0, 1) for {what}, got {fields['dropout']}")
+    n_heads, n_kv_heads = fields["n_heads"], fields.get("n_kv_heads")
+    if heads_split_width and fields["d_model"] % n_heads:
+        raise LmforgeError(
+            f"--n-heads {n_heads} does not divide --d-model {fields['d_model']} for {what}; choose a width "
+            "that is a multiple of the heads"
+        )
+    if n_kv_heads is not None and n_heads % n_kv_heads:
+        raise LmforgeError(
+            f"--n-kv-heads {n_kv_heads} does not divide --n-heads {n_heads} for {what}; each key/value head "
+            "serves an equal group of query heads"
+        )
+    d_head = fields.get("d_head") or fields["d_model"] // n_heads
+    if "rope_theta" in fields and d_head % 2:
+        raise LmforgeError(f"rotary positions need an even head size; {what} has {d_head}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

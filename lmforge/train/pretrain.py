@@ -55,6 +55,18 @@ class PretrainConfig(TrainConfig):
     )  # share of the documents (of a one-document corpus: of its tokens) held out
     glob: str = "*.txt"  # which files to read from directories
     device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
+    # The model's shape, over the preset's (each checked against the family, saved in config.json):
+    d_model: int | None = bounded(None, ge=1)  # width of the residual stream (default: the preset's)
+    n_layers: int | None = bounded(None, ge=1)  # blocks (T5: encoder blocks; the decoder follows)
+    n_heads: int | None = bounded(None, ge=1)  # attention heads (they must divide --d-model)
+    n_kv_heads: int | None = bounded(None, ge=1)  # key/value heads, Llama's grouped-query attention
+    d_head: int | None = bounded(None, ge=1)  # size of each head (Llama, T5; default: d_model / n_heads)
+    d_ff: int | None = bounded(None, ge=1)  # hidden size of the feed-forward layer
+    dropout: float | None = bounded(
+        None, ge=0, lt=1
+    )  # dropout probability in training (default: the preset's)
+    rope_theta: float | None = bounded(None, gt=0)  # rotary position base (Llama)
+    max_seq_len: int | None = bounded(None, ge=1)  # the context (default: the preset's, at least --seq-len)
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,6 +74,22 @@ class PretrainConfig(TrainConfig):
             raise LmforgeError(
                 f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}"
             )
+        self.shape()  # a shape that does not fit its family fails here, before any data work
+        if self.max_seq_len is not None and self.max_seq_len < self.seq_len:
+            raise LmforgeError(
+                f"--max-seq-len {self.max_seq_len} is shorter than --seq-len {self.seq_len}, the sequences "
+                "it trains on; raise it, or lower --seq-len"
+            )
+
+    def shape(self) -> dict:
+        """The shape flags given (d_model, n_layers, ...), checked against the preset's family."""
+        from lmforge.models import get_preset
+        from lmforge.models.presets import SHAPE_FIELDS
+
+        shape = {k: getattr(self, k) for k in SHAPE_FIELDS if getattr(self, k) is not None}
+        if shape:
+            get_preset(self.preset, **shape)
+        return shape
 
 
 def check_objective_fits(objective: str, preset: str) -> None:
@@ -129,8 +157,10 @@ def pretrain(config: PretrainConfig) -> dict:
         seed_everything(config.seed)
         model_config = _model_config(config, tok)
         model = build_model(model_config)
+        c = model_config
         print0(
-            f"model: {config.preset} ({model.num_params() / 1e6:.2f}M parameters), objective: "
+            f"model: {config.preset} (d_model {c.d_model}, {c.n_layers} layers, {c.n_heads} heads, "
+            f"{model.num_params() / 1e6:.2f}M parameters), objective: "
             f"{config.objective}, data: {train_file.manifest['train_tokens']:,} training tokens from {data_dir}"
         )
         batches = _batches(config, tok, train_file, val_file, world)
@@ -164,7 +194,7 @@ def _model_config(config: PretrainConfig, tok):
     preset = get_preset(config.preset)
     wanted = {
         "vocab_size": _round_up(tok.vocab_size, 64),
-        "max_seq_len": max(config.seq_len, preset.max_seq_len),
+        "max_seq_len": config.max_seq_len or max(config.seq_len, preset.max_seq_len),
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
     }
@@ -175,7 +205,7 @@ def _model_config(config: PretrainConfig, tok):
         # optimizer state, which resuming needs for every parameter).
         wanted.update(use_pooler=False, use_mlm_head=True)
     names = {f.name for f in dataclasses.fields(preset)}
-    return get_preset(config.preset, **{k: v for k, v in wanted.items() if k in names})
+    return get_preset(config.preset, **{k: v for k, v in wanted.items() if k in names}, **config.shape())
 
 
 class _Batches(NamedTuple):
