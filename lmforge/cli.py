@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmforge import config as cfg
 from lmforge.errors import LmforgeError
+from lmforge.text import clean_input
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,7 +58,10 @@ def cmd_generate(args) -> None:
 
     recipe = cfg.load_recipe(args.config) if args.config else None
     gen = cfg.build(GenerationConfig, args, recipe)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    gen.stop = [clean_input(stop, "--stop") for stop in gen.stop]
+    # Invalid bytes (from stdin, or in argv as lone surrogates) become U+FFFD, reported on stderr.
+    source = (sys.stdin.buffer.read(), "standard input") if args.prompt == "-" else (args.prompt, "--prompt")
+    prompt = clean_input(*source)
     if not prompt:
         raise LmforgeError("empty prompt; pass --prompt TEXT (or --prompt - to read it from standard input)")
     device = check_device(args.device)
@@ -102,12 +106,12 @@ def cmd_tokenizer_train(args) -> None:
 def _read_texts(path: str, what: str) -> list[str]:
     """One text per line of a UTF-8 file; a missing, unreadable or empty file is a usage error."""
     try:
-        with open(path, encoding="utf-8") as f:
-            texts = f.read().splitlines()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise LmforgeError(f"{what} file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise LmforgeError(f"cannot read {what} file {path} ({e}); pass a UTF-8 text file") from None
+    texts = clean_input(data, path).splitlines()
     if not any(t.strip() for t in texts):
         raise LmforgeError(f"{what} file {path} is empty; put one text per line")
     return texts
@@ -169,9 +173,10 @@ def cmd_search(args) -> None:
     import torch.nn.functional as F
 
     corpus = _read_texts(args.corpus, "corpus")
-    if not args.query.strip():
+    query = clean_input(args.query, "--query")
+    if not query.strip():
         raise LmforgeError("empty query; pass --query TEXT")
-    vectors = _embed_lines(args, [args.query, *corpus])
+    vectors = _embed_lines(args, [query, *corpus])
     vectors = F.normalize(vectors, dim=-1)  # cosine scores, whatever the model's own normalisation
     scores = vectors[1:] @ vectors[0]
     top = scores.topk(min(args.top_k, len(corpus)))
@@ -212,6 +217,7 @@ def cmd_finetune(args) -> None:
     from lmforge.train.tasks import get_task
 
     config = cfg.build(FinetuneConfig, args, cfg.load_recipe(args.config) if args.config else None)
+    config.source_prefix = clean_input(config.source_prefix, "--source-prefix")
     metrics = finetune(config)
     if not metrics:
         print(
@@ -229,6 +235,7 @@ def cmd_evaluate(args) -> None:
     from lmforge.train.tasks import get_task
 
     config = cfg.build(FinetuneConfig, args)
+    config.source_prefix = clean_input(config.source_prefix, "--source-prefix")
     check_device(config.device)  # before anything is loaded
     metrics = get_task(config.task)(config).evaluate(Path(args.data))
     print(format_table({k: v for k, v in metrics.items() if isinstance(v, int | float)}))
@@ -266,7 +273,7 @@ def cmd_answer(args) -> None:
         if args.context_file is None:
             raise LmforgeError("--question needs --context-file: the text to find the answer in")
         context = "\n".join(_read_texts(args.context_file, "context"))
-        examples = [SquadExample("question", args.question.lstrip(), context, ())]
+        examples = [SquadExample("question", clean_input(args.question, "--question").lstrip(), context, ())]
     else:
         examples = read_questions(args.input)
     answers = answer_questions(

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,7 +92,7 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> dict:
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _report_replacements(stats)
+    stats.report()
     return manifest
 
 
@@ -313,13 +312,3 @@ def _publish(staging: Path, out: Path) -> None:
     names = sorted(p.name for p in staging.iterdir() if p.name != "manifest.json")
     for name in [*names, "manifest.json"]:
         os.replace(staging / name, out / name)
-
-
-def _report_replacements(stats: ReadStats) -> None:
-    if stats.replaced_bytes:
-        examples = ", ".join(stats.listed_files[:3]) + (", ..." if stats.files_with_replacements > 3 else "")
-        print(
-            f"lmforge: replaced {stats.replaced_bytes} invalid UTF-8 byte sequences with U+FFFD in "
-            f"{stats.files_with_replacements} file(s): {examples}",
-            file=sys.stderr,
-        )

@@ -8,26 +8,23 @@ Formats, chosen by file suffix:
   record batch at a time through pyarrow.
 - a Hugging Face dataset (`datasets` library), by hub name or local path: one string column of one split.
 
-Text is UTF-8. Invalid byte sequences become U+FFFD (the "replace" error handler), and `ReadStats` counts
-them, so that a corpus with a few bad bytes is still usable and the damage is reported, never a crash.
-Empty documents are skipped.
+Text is UTF-8. Invalid byte sequences, and lone surrogates that JSON escapes ("\\ud800") spell, become U+FFFD
+(lmforge/text.py), and `ReadStats` counts them, so that a corpus with a few bad bytes is still usable and
+the damage is reported, never a crash. Empty documents are skipped.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.text import Replacements, clean_json, decode_utf8
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-# The manifest lists at most this many damaged files; `files_with_replacements` counts them all.
-_MAX_LISTED_FILES = 20
-_REPLACEMENT = "\ufffd"
-_REPLACEMENT_UTF8 = _REPLACEMENT.encode("utf-8")
 # A text file with invalid UTF-8 sequences in more than 1/_BINARY_FRACTION of its bytes is refused as binary.
 _BINARY_FRACTION = 4
 _BOM = "\ufeff"  # a byte order mark some editors put first; it is not text
@@ -35,37 +32,11 @@ _PARQUET_BATCH_ROWS = 1024
 
 
 @dataclass
-class ReadStats:
-    """What a pass over the corpus saw: documents, and invalid UTF-8 replaced by U+FFFD."""
+class ReadStats(Replacements):
+    """What a pass over the corpus saw: documents, and (as Replacements) the damage replaced by U+FFFD."""
 
     documents: int = 0
     characters: int = 0
-    replaced_bytes: int = 0  # invalid byte sequences, each replaced by one U+FFFD
-    files_with_replacements: int = 0
-    listed_files: list[str] = field(default_factory=list)  # the first few of those files
-    _last_source: str | None = field(default=None, repr=False)
-
-    def add_replacements(self, source: str, count: int) -> None:
-        if count == 0:
-            return
-        # Sources are read one after another, so a new name is a new damaged file.
-        if source != self._last_source:
-            self._last_source = source
-            self.files_with_replacements += 1
-            if len(self.listed_files) < _MAX_LISTED_FILES:
-                self.listed_files.append(source)
-        self.replaced_bytes += count
-
-
-def decode_utf8(data: bytes) -> tuple[str, int]:
-    """(text, number of invalid sequences replaced by U+FFFD)."""
-    try:
-        return data.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        # NOTE: a valid encoded U+FFFD (EF BF BD) in the input decodes to the same character; those are
-        # not replacements. No invalid sequence can swallow one (EF is a lead byte), so the difference is exact.
-        return text, text.count(_REPLACEMENT) - data.count(_REPLACEMENT_UTF8)
 
 
 def read_files(
@@ -119,15 +90,20 @@ def _read_text(path: Path, stats: ReadStats) -> Iterator[str]:
     yield text.removeprefix(_BOM)
 
 
-def jsonl_objects(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
-    """("file:line", object) for every non-blank line of a JSON Lines file; one clear error otherwise."""
+def jsonl_objects(path: str | Path, stats: Replacements | None = None) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for every non-blank line of a JSON Lines file; one clear error otherwise.
+
+    Every string of an object is clean text; stats counts what was replaced. Without stats, the count is
+    reported on standard error once the whole file is read.
+    """
     path = Path(path)
+    source = str(path)
+    report_here = stats is None
+    stats = Replacements() if stats is None else stats
     with _open(path) as f:
         # Lines split on b"\n", which is never inside a multi-byte UTF-8 sequence: decoding per line is exact.
         for line_number, raw in enumerate(f, start=1):
-            line, replaced = decode_utf8(raw)
-            if stats is not None:
-                stats.add_replacements(str(path), replaced)
+            line = stats.clean(raw, source)
             if line_number == 1:
                 line = line.removeprefix(_BOM)
             if not line.strip():
@@ -143,7 +119,11 @@ def jsonl_objects(path: str | Path, stats: ReadStats | None = None) -> Iterator[
                 raise LmforgeError(
                     f"{where} is not a JSON object; JSON Lines input needs one object per line"
                 )
+            record, replaced = clean_json(record)  # "\ud800" escapes decode to lone surrogates
+            stats.add_replacements(source, replaced)
             yield where, record
+    if report_here:
+        stats.report()
 
 
 def _read_jsonl(path: Path, field_name: str, stats: ReadStats) -> Iterator[str]:
@@ -182,16 +162,13 @@ def _read_parquet(path: Path, column: str, stats: ReadStats) -> Iterator[str]:
 
 
 def _column_texts(values: list, where: str, stats: ReadStats) -> Iterator[str]:
-    """Strings of a column; bytes are decoded as UTF-8, nulls skipped."""
+    """Strings of a column, cleaned; bytes are decoded as UTF-8, nulls skipped."""
     for value in values:
         if value is None:
             continue
-        if isinstance(value, bytes):
-            value, replaced = decode_utf8(value)
-            stats.add_replacements(where, replaced)
-        elif not isinstance(value, str):
+        if not isinstance(value, (str, bytes)):
             raise LmforgeError(f"{where} holds {type(value).__name__} values, not text; choose a text column")
-        yield value
+        yield stats.clean(value, where)
 
 
 def read_dataset(

@@ -10,29 +10,48 @@ Two kinds:
   256 byte tokens), at the price of round-tripping only the training alphabet.
 - "wordpiece": BERT's lowercasing WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK] (see wordpiece.py).
 - "unigram": T5's SentencePiece-style Unigram with <pad> </s> <unk> and <extra_id_N> sentinels (see unigram.py).
+
+Training text is cleaned (lmforge/text.py: invalid UTF-8 and lone surrogates become U+FFFD, reported on
+stderr), and no word the trainer counts is longer than MAX_WORD_CHARS characters, so that training time stays
+proportional to the input (see MAX_WORD_CHARS).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
+from lmforge.text import Replacements
 from lmforge.tokenizers.tokenizer import Tokenizer, resolve_special_roles
 
 KINDS = ("bpe", "char", "wordpiece", "unigram")
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<unk>"
-# Files are streamed in pieces of about this many characters, cut at line ends.
-_CHUNK_CHARS = 1 << 20
+# Files are streamed in pieces of about this many bytes, cut at line ends (see _cut).
+_CHUNK_BYTES = 1 << 20
+# NOTE: BPE training (WordPiece's too) costs about (length x merges inside it) per distinct word, so one word
+# of n characters costs ~n^2: a 1 MB line with no space or punctuation (a DNA sequence, unspaced Chinese, a
+# run of one character) is one word and trains for minutes. Words are cut into pieces of at most this many
+# characters for training, which keeps its time proportional to the input, and no longer token is learned
+# (natural text has no use for one). Shorter words, all of them in ordinary text, train exactly as before.
+MAX_WORD_CHARS = 128
+# GPT-2's pre-tokenizer regex (byte-level BPE's, inside `pre_tokenizers.ByteLevel`), and the same with every
+# run bounded: for words of at most MAX_WORD_CHARS characters the two split alike.
+_GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_BOUNDED_GPT2_PATTERN = _GPT2_PATTERN.replace("+", f"{{1,{MAX_WORD_CHARS}}}")
+# A run of more than MAX_WORD_CHARS characters without whitespace, matched from its start only (the lookbehind
+# fails at once inside a word, so the search costs no more than a scan of the text).
+_LONG_RUN = re.compile(rf"(?<!\S)\S{{{MAX_WORD_CHARS + 1},}}")
 
 
 def train_tokenizer(
@@ -60,25 +79,29 @@ def train_tokenizer(
     if kind not in KINDS:
         raise LmforgeError(f"unknown tokenizer kind {kind!r}; pass one of {', '.join(KINDS)}")
     paths = _source_paths(source)
-    texts = _nonempty_texts(source if paths is None else paths)
-    # The number of texts the library's bar counts to: files are read in pieces of at most _CHUNK_CHARS.
-    length = None if paths is None else sum(p.stat().st_size // _CHUNK_CHARS + 1 for p in paths)
+    replacements = Replacements()
+    texts = _nonempty_texts(source if paths is None else paths, replacements)
+    # The number of texts the library's bar counts to: files are read in pieces of about _CHUNK_BYTES.
+    length = None if paths is None else sum(p.stat().st_size // _CHUNK_BYTES + 1 for p in paths)
     library_bars = show_progress and sys.stderr.isatty()
     if show_progress and not library_bars:
         texts = _reported(texts, paths, f"training a {kind} tokenizer of {vocab_size:,} tokens")
     if kind == "wordpiece":
         from lmforge.tokenizers.wordpiece import train_wordpiece
 
-        return train_wordpiece(texts, vocab_size, min_frequency, library_bars, length)
-    if kind == "unigram":
+        # BERT's pre-tokenizer splits at whitespace and punctuation: cutting long runs of the rest bounds its words.
+        tok = train_wordpiece(_cut_long_runs(texts), vocab_size, min_frequency, library_bars, length)
+    elif kind == "unigram":  # its pieces have at most 16 characters: a long word costs it only its length
         from lmforge.tokenizers.unigram import train_unigram
 
-        return train_unigram(texts, vocab_size, special_tokens, n_sentinels, library_bars, length)
-    if kind == "bpe":
+        tok = train_unigram(texts, vocab_size, special_tokens, n_sentinels, library_bars, length)
+    elif kind == "bpe":
         special_tokens = list(special_tokens or [ENDOFTEXT])
-        return _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, library_bars, length)
-    special_tokens = list(special_tokens or [ENDOFTEXT, UNK])
-    return _train_char(texts, vocab_size, special_tokens)
+        tok = _train_byte_level_bpe(texts, vocab_size, special_tokens, min_frequency, library_bars, length)
+    else:
+        tok = _train_char(texts, vocab_size, list(special_tokens or [ENDOFTEXT, UNK]))
+    replacements.report()
+    return tok
 
 
 def _source_paths(source) -> list[Path] | None:
@@ -104,12 +127,12 @@ def _reported(texts: Iterator[str], paths: list[Path] | None, what: str) -> Iter
     print(f"{what}: learning the vocabulary from what was read (this can take minutes)", file=sys.stderr)
 
 
-def _nonempty_texts(source: list[Path] | Iterator[str]) -> Iterator[str]:
-    """The training texts of checked files or an iterator, checked up front: no text at all is an error."""
+def _nonempty_texts(source: list[Path] | Iterator[str], replacements: Replacements) -> Iterator[str]:
+    """The clean training texts of checked files or an iterator, checked up front: no text at all is an error."""
     if isinstance(source, list):
-        texts = itertools.chain.from_iterable(_read_chunks(p) for p in source)
+        texts = itertools.chain.from_iterable(_read_chunks(p, replacements) for p in source)
     else:
-        texts = iter(source)
+        texts = (replacements.clean(text, "the training texts") for text in source)
     # Peek for the first text with content, so that empty data fails before training, not after.
     texts = (t for t in texts if t)
     first = next(texts, None)
@@ -118,19 +141,41 @@ def _nonempty_texts(source: list[Path] | Iterator[str]) -> Iterator[str]:
     return itertools.chain([first], texts)
 
 
-def _read_chunks(path: Path) -> Iterator[str]:
-    """A file's text in ~1 MiB pieces ending at line ends, undecodable bytes as U+FFFD."""
-    lines: list[str] = []
-    size = 0
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        for line in f:
-            lines.append(line)
-            size += len(line)
-            if size >= _CHUNK_CHARS:
-                yield "".join(lines)
-                lines, size = [], 0
-    if lines:
-        yield "".join(lines)
+def _read_chunks(path: Path, replacements: Replacements) -> Iterator[str]:
+    """A file's text in pieces of about _CHUNK_BYTES (even a file of one line), invalid UTF-8 as U+FFFD."""
+    rest = b""
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK_BYTES):
+            data = rest + block
+            cut = _cut(data)
+            yield replacements.clean(data[:cut], str(path))
+            rest = data[cut:]
+    if rest:
+        yield replacements.clean(rest, str(path))
+
+
+def _cut(data: bytes) -> int:
+    """Where a piece of data ends: after its last line end, else before its last space (where byte-level BPE
+    splits too), else before its last character (at a UTF-8 lead byte, so that no character is cut in two)."""
+    cut = data.rfind(b"\n") + 1 or data.rfind(b" ")
+    if cut > 0:
+        return cut
+    lead = len(data) - 1
+    while lead > max(0, len(data) - 4) and data[lead] & 0xC0 == 0x80:  # 10xxxxxx: a continuation byte
+        lead -= 1
+    return lead or len(data)
+
+
+def _cut_long_runs(texts: Iterator[str]) -> Iterator[str]:
+    """The texts, with every run of more than MAX_WORD_CHARS characters without whitespace cut into pieces of
+    at most that many (each piece a text of its own: a word never spans two texts)."""
+    for text in texts:
+        start = 0
+        for run in _LONG_RUN.finditer(text):
+            for cut in range(run.start() + MAX_WORD_CHARS, run.end(), MAX_WORD_CHARS):
+                yield text[start:cut]
+                start = cut
+        yield text[start:]
 
 
 def _train_byte_level_bpe(
@@ -149,7 +194,7 @@ def _train_byte_level_bpe(
             f"({len(alphabet)} bytes + {len(special_tokens)} special tokens); pass --vocab-size >= {minimum}"
         )
     backend = tokenizers.Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.pre_tokenizer = bounded_byte_level()  # for training only: see MAX_WORD_CHARS
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -161,7 +206,19 @@ def _train_byte_level_bpe(
         show_progress=show_progress,
     )
     backend.train_from_iterator(texts, trainer=trainer, length=length)
+    # The saved tokenizer splits as GPT-2's does; a long word still encodes, into tokens of the bounded words.
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return Tokenizer(backend, **_special_roles(backend, special_tokens))
+
+
+def bounded_byte_level() -> pre_tokenizers.PreTokenizer:
+    """GPT-2's byte-level pre-tokenizer with words of at most MAX_WORD_CHARS characters: BPE's for training."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_BOUNDED_GPT2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
 
 
 def _train_char(texts: Iterator[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import JSONL_SUFFIXES, decode_utf8, jsonl_objects
+from lmforge.data.readers import JSONL_SUFFIXES, jsonl_objects
 from lmforge.errors import LmforgeError
+from lmforge.text import clean_input
 from lmforge.tokenizers import Tokenizer
 
 _ENCODE_CHUNK = 1024  # examples encoded (and padded) per call to the tokenizer
@@ -141,7 +142,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise LmforgeError(
             f"cannot read {path}: {e.strerror}; check the file exists and is readable"
         ) from None
-    text, _ = decode_utf8(raw)
+    text = clean_input(raw, str(path))
     reader = csv.DictReader(text.removeprefix("\ufeff").splitlines(keepends=True))
     try:
         for row in reader:

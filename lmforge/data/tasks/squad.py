@@ -29,6 +29,7 @@ import tokenizers
 
 from lmforge.data.tasks.features import truncating_backend
 from lmforge.errors import LmforgeError
+from lmforge.text import Replacements, clean_json
 from lmforge.tokenizers import Tokenizer
 
 _ENCODE_CHUNK = 256  # questions encoded per call to the tokenizer
@@ -62,13 +63,20 @@ def read_squad(path: str | Path) -> list[SquadExample]:
     """Every question of a SQuAD v1.1 or v2.0 JSON file, in file order; answers are checked against the context."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        raw = path.read_bytes()
     except OSError as e:
         raise LmforgeError(
             f"cannot read {path}: {e.strerror}; check the file exists and is readable"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    replacements = Replacements()
+    try:
+        text = replacements.clean(raw, str(path)).removeprefix("\ufeff")  # a byte order mark is not text
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise LmforgeError(f"{path} is not valid JSON ({e}); SQuAD files are one JSON document") from None
+    data, replaced = clean_json(data)  # "\ud800" escapes decode to lone surrogates
+    replacements.add_replacements(str(path), replaced)
+    replacements.report()
     articles = data.get("data") if isinstance(data, dict) else None
     if not isinstance(articles, list):
         raise LmforgeError(
