@@ -55,10 +55,10 @@ def cmd_generate(args) -> None:
     import lmforge
     from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
+    from lmforge.inference.generate import sampling_defaults
 
     recipe = cfg.load_recipe(args.config) if args.config else None
-    gen = cfg.build(GenerationConfig, args, recipe)
-    gen.stop = [clean_input(stop, "--stop") for stop in gen.stop]
+    cfg.build(GenerationConfig, args, recipe)  # bad settings are one line before the model loads
     # Invalid bytes (from stdin, or in argv as lone surrogates) become U+FFFD, reported on stderr.
     source = (sys.stdin.buffer.read(), "standard input") if args.prompt == "-" else (args.prompt, "--prompt")
     prompt = clean_input(*source)
@@ -72,6 +72,8 @@ def cmd_generate(args) -> None:
         allow_nonfinite=args.allow_nonfinite,
     )
     tok = lmforge.load_tokenizer(args.model)
+    gen = cfg.build(GenerationConfig, args, {**sampling_defaults(model), **(recipe or {})})
+    gen.stop = [clean_input(stop, "--stop") for stop in gen.stop]
     timings: dict = {}
     # --echo: the prompt, then its continuation, as a transformers pipeline's full text; a chat reply is
     # a turn of its own, on the next line.
@@ -91,6 +93,41 @@ def cmd_generate(args) -> None:
             f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s ({model.dtype}, {device})",
             file=sys.stderr,
         )
+
+
+def cmd_chat(args) -> None:
+    import lmforge
+    from lmforge.device import check_device, resolve_dtype
+    from lmforge.inference import GenerationConfig
+    from lmforge.inference.chat import CHAT_DEFAULTS, COMMANDS, ChatSession, chat_loop
+    from lmforge.inference.generate import sampling_defaults
+
+    recipe = cfg.load_recipe(args.config) if args.config else {}
+    cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **recipe})  # bad settings: one line, before loading
+    device = check_device(args.device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
+    tok = lmforge.load_tokenizer(args.model)
+    gen = cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **sampling_defaults(model), **recipe})
+    system = clean_input(args.system, "--system") if args.system else None
+    session = ChatSession(model, tok, gen, system=system)
+    if sys.stdin.isatty():
+        print(f"chatting with {args.model} ({model.config.max_seq_len:,} tokens of context). {COMMANDS}")
+        chat_loop(session, lambda: clean_input(input("> "), "your message"), sys.stdout, sys.stderr)
+    else:
+        chat_loop(session, _stdin_line, sys.stdout, sys.stderr)
+
+
+def _stdin_line() -> str:
+    """The next line of standard input, invalid bytes replaced (and said); EOFError at its end."""
+    line = sys.stdin.buffer.readline()
+    if not line:
+        raise EOFError
+    return clean_input(line, "standard input")
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -328,6 +365,18 @@ def build_parser() -> ArgumentParser:
     _add_runtime_flags(p)
     p.set_defaults(func=cmd_generate)
 
+    from lmforge.inference.chat import CHAT_HELP
+
+    p = verbs.add_parser("chat", help="talk with a chat model in the terminal (/reset, /system TEXT, /exit)")
+    p.add_argument(
+        "--model", required=True, help="a chat model: a checkpoint directory, a .gguf file or a name"
+    )
+    p.add_argument("--system", help="a system message that opens the conversation")
+    p.add_argument("--config", help="a TOML or YAML recipe with generation settings")
+    cfg.add_arguments(p, GenerationConfig, help=CHAT_HELP)
+    _add_runtime_flags(p)
+    p.set_defaults(func=cmd_chat)
+
     from lmforge.data.prepare import PrepareConfig
     from lmforge.train.pretrain import PretrainConfig
 
@@ -543,6 +592,43 @@ def _add_embedding_verbs(verbs) -> None:
     )
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_search)
+
+    p = verbs.add_parser("fill-mask", help="print the likeliest tokens for each mask token of a text")
+    p.add_argument("--model", required=True, help="a masked-LM checkpoint (BERT, RoBERTa with its MLM head)")
+    p.add_argument(
+        "--text", required=True, help='a text with mask tokens, e.g. "Paris is the [MASK] of France."'
+    )
+    p.add_argument(
+        "--top-k",
+        type=cfg.number_flag("--top-k", int, ge=1),
+        default=5,
+        help="candidates per mask (default: 5)",
+    )
+    _add_runtime_flags(p)
+    p.set_defaults(func=cmd_fill_mask)
+
+
+def cmd_fill_mask(args) -> None:
+    import lmforge
+    from lmforge.device import check_device, resolve_dtype
+    from lmforge.inference.fill_mask import check_masked_lm
+
+    device = check_device(args.device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
+    check_masked_lm(model)
+    tok = lmforge.load_tokenizer(args.model)
+    results = lmforge.fill_mask(model, tok, clean_input(args.text, "--text"), top_k=args.top_k)
+    per_mask = results if results and isinstance(results[0], list) else [results]
+    for n, candidates in enumerate(per_mask, 1):
+        if len(per_mask) > 1:
+            print(f"mask {n}:")
+        for c in candidates:
+            print(f"{c['score']:.4f}  {c['token_str']!r:<16} {c['sequence']}")
 
 
 def cmd_convert(args) -> None:

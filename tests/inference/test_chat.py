@@ -116,3 +116,16 @@ def test_ctrl_c_stops_the_reply_not_the_chat(tmp_path, bpe):
         proc.kill()
     assert proc.returncode == 0, err.decode()
     assert (seen + out).decode(errors="replace").endswith(" [stopped]\n")
+
+
+def test_invalid_bytes_in_a_message_are_replaced_and_said(model_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "chat", "--model", str(model_dir), *GREEDY],
+        input=b"hello \xff\xfe there\n",
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert "U+FFFD in standard input" in result.stderr.decode()
+    expected = in_process(model_dir, ["hello \ufffd\ufffd there"])[0][0]
+    assert result.stdout.decode() == expected + "\n"
