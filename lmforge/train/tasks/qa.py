@@ -182,12 +182,13 @@ def read_questions(path: str | Path) -> list:
 
     path = Path(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        # errors="replace": a stray invalid byte must not hide a SQuAD file (read_squad counts it)
+        document = json.loads(path.read_bytes().decode("utf-8-sig", errors="replace"))
     except OSError as e:
         raise LmforgeError(
             f"cannot read --input {path}: {e.strerror}; pass a JSON Lines or SQuAD JSON file"
         ) from None
-    except ValueError:  # several lines of JSON, or not UTF-8: JSON Lines (whose reader names the fault)
+    except ValueError:  # several lines of JSON: JSON Lines (whose reader names any fault)
         document = None
     if isinstance(document, dict) and "data" in document:
         return read_squad(path)
