@@ -7,6 +7,9 @@ The field is also where its allowed values are declared: its type, and for a num
 (`lr: float = bounded(1e-3, gt=0)`). `check_fields` checks every field of a config against them; the
 configs call it from `__post_init__`, `build` once more, and a numeric flag's parser checks the same
 range, so a flag, a recipe key and a Python argument are refused alike, in one line.
+
+And it is where the flag's help is: `stride: int = option(64, "tokens shared by windows", ge=0)`
+(or, in older configs, the field's trailing `# comment`); `--help` adds the range and the default.
 """
 
 from __future__ import annotations
@@ -69,9 +72,18 @@ def _number(x) -> str:
 INT64 = 2**63
 
 
-def bounded(default, *, ge=None, gt=None, le=None, lt=None):
+def bounded(default, *, ge=None, gt=None, le=None, lt=None, help: str | None = None):
     """A dataclass field whose value must lie in the given range (see Range): `bounded(8, ge=1)`."""
-    return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt)})
+    return option(default, help, ge=ge, gt=gt, le=le, lt=lt)
+
+
+def option(default, help: str | None, *, ge=None, gt=None, le=None, lt=None):
+    """A dataclass field with its flag's help text and, for a number, its range:
+    `stride: int = option(64, "tokens shared by consecutive windows", ge=0)`."""
+    metadata = {} if help is None else {"help": help}
+    if any(bound is not None for bound in (ge, gt, le, lt)):
+        metadata["range"] = Range(ge, gt, le, lt)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -212,35 +224,69 @@ def _base_type(annotation):
 
 
 @functools.cache  # reading the source takes a while: a test may build the parser many times
+def _own_comments(klass) -> dict[str, str]:
+    """{field: its trailing `# comment`} of the fields in `klass`'s own source. A field whose value
+    spans lines, `(` to `)`, has its comment after the `)`."""
+    try:
+        source = inspect.getsource(klass)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(
+        r"^ +(\w+):[^#\n]*?(?:\(\n(?:[^#\n]*\n)*? *\)[^#\n]*)?#\s*(.+)$", source, flags=re.MULTILINE
+    )
+    return {name: text.strip() for name, text in found}
+
+
 def field_comments(cls) -> dict[str, str]:
-    """{field: its trailing `# comment`} from the class source (and its bases'): the flags' help text.
-    A field whose value spans lines, `(` to `)`, has its comment after the `)`."""
+    """{field: its trailing `# comment`} from the class source (and its bases')."""
     comments = {}
     for klass in reversed(cls.__mro__[:-1]):
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for name, text in re.findall(
-            r"^ +(\w+):[^#\n]*?(?:\(\n(?:[^#\n]*\n)*? *\)[^#\n]*)?#\s*(.+)$", source, flags=re.MULTILINE
-        ):
-            comments[name] = text.strip()
+        comments.update(_own_comments(klass))
     return comments
 
 
+def field_help(cls) -> dict[str, str]:
+    """{field: its flag's help}: the `help` of its option(), else its trailing comment; from the class
+    that declares the field last (a subclass that redeclares a field may say it anew)."""
+    texts = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        own = inspect.get_annotations(klass)
+        comments = _own_comments(klass)
+        for f in dataclasses.fields(klass) if dataclasses.is_dataclass(klass) else ():
+            text = f.metadata.get("help") or comments.get(f.name)
+            if f.name in own and text:
+                texts[f.name] = text
+    return texts
+
+
+def _help_text(f: dataclasses.Field, text: str | None, kind, limits: Range | None) -> str:
+    """The help, the values the field takes, and its default where the help does not say it."""
+    text = text or f.name.replace("_", " ")
+    if limits and str(limits):
+        text = f"{text}; {describe(kind, limits)}"
+    has_default = f.default not in (None, "", False, dataclasses.MISSING)
+    if has_default and "default" not in text:
+        text += f" (default: {_number(f.default) if kind in (int, float) else f.default})"
+    return text
+
+
 def add_arguments(
-    parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), help: dict | None = None
+    parser: argparse.ArgumentParser,
+    cls,
+    *,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    help: dict | None = None,
 ):
-    """Add one flag per field of dataclass `cls` (defaults left unset so recipes can fill them)."""
-    texts = {**field_comments(cls), **(help or {})}
+    """Add one flag per field of dataclass `cls` (defaults left unset so recipes can fill them), or
+    only those named in `only`; each flag's help says its range and default."""
+    texts = {**field_help(cls), **(help or {})}
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or (only is not None and f.name not in only):
             continue
         kind, is_list, _ = _field_types(cls)[f.name]
-        text = texts.get(f.name)
         limits = field_ranges(cls).get(f.name)
-        if limits and str(limits):
-            text = f"{text or f.name}; {describe(kind, limits)}"
+        text = _help_text(f, texts.get(f.name), kind, limits)
         if kind is bool:
             parser.add_argument(
                 _flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
