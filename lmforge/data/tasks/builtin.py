@@ -45,11 +45,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lmforge.errors import LmforgeError
 
-TASKS = ("stdlib-package", "stdlib-docstring", "stdlib-qa", "stdlib-instruct")
 INSTRUCTION = "Summarize this Python function in one line."
 CLASSIFICATION_PACKAGES = ("asyncio", "email", "multiprocessing", "tkinter", "unittest", "xml")
 SUMMARIZATION_PACKAGES = (
@@ -181,37 +180,196 @@ def _summary(docstring: str | None) -> str | None:
     return line if len(line.split()) >= MIN_SUMMARY_WORDS else None
 
 
-def build_task(task: str) -> dict[str, list[dict[str, str]]]:
-    """The rows of a built-in task, per split: {"name", "text", "label"} for stdlib-package,
-    {"name", "source", "target"} for stdlib-docstring (see the module docstring)."""
-    if task == "stdlib-package":
+class BuiltinTask:
+    """One built-in task: its rows (each with the qualified `name` that fixes its split), the baseline's
+    predictions, what summary.json reports beside the split sizes, and its files."""
+
+    name: ClassVar[str]
+
+    def rows(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def baseline(
+        self, rows: Sequence[dict[str, Any]], train: Sequence[dict[str, Any]] | None = None
+    ) -> list[str]:
+        """A trivial model's prediction for each row (it may learn from the `train` rows)."""
+        raise NotImplementedError
+
+    def report(self, splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        """summary.json's entries beside the task and the split sizes: the baseline's scores."""
+        raise NotImplementedError
+
+    def files(self, splits: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+        """{file name: text}: one JSON Lines file per split."""
+        return {
+            f"{split}.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            for split, rows in splits.items()
+        }
+
+
+class StdlibPackage(BuiltinTask):
+    """Classification: which of CLASSIFICATION_PACKAGES a function comes from, classes balanced."""
+
+    name = "stdlib-package"
+
+    def rows(self) -> list[dict[str, Any]]:
         functions = stdlib_functions(CLASSIFICATION_PACKAGES)
         by_package = {p: [f for f in functions if f.package == p] for p in CLASSIFICATION_PACKAGES}
         per_class = min(len(fs) for fs in by_package.values())
         chosen = [
             f for fs in by_package.values() for f in sorted(fs, key=lambda f: _hash(f.name))[:per_class]
         ]
-        rows = [
+        return [
             {"name": f.name, "text": f.code, "label": f.package} for f in sorted(chosen, key=lambda f: f.name)
         ]
-    elif task == "stdlib-docstring":
-        functions = stdlib_functions(SUMMARIZATION_PACKAGES)
-        pairs = [(f, _summary(f.docstring)) for f in functions]
-        rows = [{"name": f.name, "source": f.code, "target": s} for f, s in pairs if s is not None]
-    elif task == "stdlib-qa":
-        rows = _qa_rows(stdlib_functions(SUMMARIZATION_PACKAGES))
-    elif task == "stdlib-instruct":
-        rows = [
+
+    def baseline(self, rows, train=None) -> list[str]:
+        """The majority label of the training rows (ties go to the first in sorted order)."""
+        if not train:
+            raise LmforgeError("the majority-class baseline needs the training rows; pass train=")
+        counts = Counter(row["label"] for row in train)
+        majority = min(counts, key=lambda label: (-counts[label], label))
+        return [majority] * len(rows)
+
+    def report(self, splits) -> dict[str, Any]:
+        predictions = self.baseline(splits["test"], splits["train"])
+        correct = sum(p == r["label"] for p, r in zip(predictions, splits["test"]))
+        return {
+            "label_counts": {
+                s: dict(sorted(Counter(r["label"] for r in rows).items())) for s, rows in splits.items()
+            },
+            "baseline": {"majority_label": predictions[0], "test_accuracy": correct / len(predictions)},
+        }
+
+
+class _FirstLineBaseline(BuiltinTask):
+    """A task whose baseline answers with the first line of a field of the row, scored on the
+    validation and test splits."""
+
+    field: ClassVar[str]  # the row field whose first line is the baseline's prediction
+    prediction: ClassVar[str]  # that prediction, in words (summary.json)
+
+    def baseline(self, rows, train=None) -> list[str]:
+        return [row[self.field].strip().splitlines()[0].strip() for row in rows]
+
+    def scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """The baseline's scores on one split."""
+        raise NotImplementedError
+
+    def report(self, splits) -> dict[str, Any]:
+        scores = {split: self.scores(splits[split]) for split in ("validation", "test")}
+        return {"baseline": {"prediction": self.prediction, **scores}}
+
+
+class StdlibDocstring(_FirstLineBaseline):
+    """Summarisation (seq2seq): code without its docstring -> the docstring's first line."""
+
+    name = "stdlib-docstring"
+    field, target = "source", "target"
+    prediction = "the first line of the code (its def line)"
+
+    def rows(self) -> list[dict[str, Any]]:
+        pairs = [(f, _summary(f.docstring)) for f in stdlib_functions(SUMMARIZATION_PACKAGES)]
+        return [{"name": f.name, "source": f.code, "target": s} for f, s in pairs if s is not None]
+
+    def scores(self, rows) -> dict[str, float]:
+        """ROUGE: the pure-Python metric, so that writing a task never needs the optional BLEU package."""
+        from lmforge.eval.metrics import rouge
+
+        scores = rouge(self.baseline(rows), [r[self.target] for r in rows])
+        return {k: scores[k] for k in ("rouge1", "rouge2", "rougeL")}
+
+
+class StdlibInstruct(StdlibDocstring):
+    """Instruction tuning (Alpaca JSON Lines): the stdlib-docstring pairs as instructions."""
+
+    name = "stdlib-instruct"
+    field, target = "input", "output"
+    prediction = "the first line of the input (the def line)"
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
             {"name": r["name"], "instruction": INSTRUCTION, "input": r["source"], "output": r["target"]}
-            for split in build_task("stdlib-docstring").values()
-            for r in split
+            for r in super().rows()
         ]
-    else:
-        raise LmforgeError(f"unknown built-in task {task!r}; choose one of {', '.join(TASKS)}")
-    splits: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
-    for row in rows:
+
+
+class StdlibQA(_FirstLineBaseline):
+    """Extractive QA in SQuAD v2.0 JSON: "What does Class.method return?" on docstrings."""
+
+    name = "stdlib-qa"
+    field = "context"
+    prediction = "the first line of the context"
+
+    def rows(self) -> list[dict[str, Any]]:
+        return _qa_rows(stdlib_functions(SUMMARIZATION_PACKAGES))
+
+    def scores(self, rows) -> dict[str, float]:
+        from lmforge.eval.metrics import qa_metrics
+
+        golds = [[a["text"] for a in r["answers"]] for r in rows]  # none: unanswerable
+        scores = qa_metrics(self.baseline(rows), golds, version_2=True)
+        return {k: scores[k] for k in ("exact", "f1")}
+
+    def report(self, splits) -> dict[str, Any]:
+        answerable = {s: sum(not r["is_impossible"] for r in rows) for s, rows in splits.items()}
+        return {**super().report(splits), "answerable": answerable}
+
+    def files(self, splits) -> dict[str, str]:
+        return {
+            f"{split}.json": json.dumps(_squad_json(rows), indent=1) + "\n" for split, rows in splits.items()
+        }
+
+
+# The built-in tasks by name.
+BUILTIN = {task.name: task for task in (StdlibPackage(), StdlibDocstring(), StdlibQA(), StdlibInstruct())}
+TASKS = tuple(BUILTIN)  # their names
+
+
+def _task(name: str) -> BuiltinTask:
+    if name not in BUILTIN:
+        raise LmforgeError(f"unknown built-in task {name!r}; choose one of {', '.join(TASKS)}")
+    return BUILTIN[name]
+
+
+def build_task(task: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a built-in task, per split: {"name", "text", "label"} for stdlib-package,
+    {"name", "source", "target"} for stdlib-docstring (see the module docstring)."""
+    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for row in _task(task).rows():
         splits[split_of(row["name"])].append(row)
     return splits
+
+
+def baseline_predictions(
+    task: str, examples: Sequence[dict[str, Any]], train: Sequence[dict[str, Any]] | None = None
+) -> list[str]:
+    """A trivial model's prediction per example: the majority label of `train` (stdlib-package), or the
+    first line of the code (stdlib-docstring), of the input (stdlib-instruct), of the context (stdlib-qa)."""
+    return _task(task).baseline(examples, train)
+
+
+def write_task(task: str, out_dir: str | Path) -> dict[str, Any]:
+    """Write train, validation and test files of a built-in task (JSON Lines; SQuAD JSON for QA), and
+    summary.json: the row counts per split and the baseline's scores (test accuracy and label counts for
+    classification; ROUGE or SQuAD EM/F1 on validation and test); returns the summary."""
+    builtin = _task(task)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LmforgeError(f"cannot create {out_dir}: {e.strerror}; choose a writable directory") from None
+    splits = build_task(task)
+    summary = {"task": task, "counts": {s: len(rows) for s, rows in splits.items()}, **builtin.report(splits)}
+    files = {**builtin.files(splits), "summary.json": json.dumps(summary, indent=2) + "\n"}
+    for name, text in files.items():
+        try:
+            (out_dir / name).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise LmforgeError(
+                f"cannot write {out_dir / name}: {e.strerror}; choose a writable directory"
+            ) from None
+    return summary
 
 
 def _qa_rows(functions: Sequence[StdlibFunction]) -> list[dict[str, Any]]:
@@ -245,96 +403,3 @@ def _squad_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     return {"version": "v2.0", "data": data}
-
-
-def baseline_predictions(
-    task: str, examples: Sequence[dict[str, str]], train: Sequence[dict[str, str]] | None = None
-) -> list[str]:
-    """A trivial model's prediction per example: the majority label of `train` (stdlib-package), or the
-    first line of the code (stdlib-docstring)."""
-    if task == "stdlib-package":
-        if not train:
-            raise LmforgeError("the majority-class baseline needs the training rows; pass train=")
-        # Ties go to the first label in sorted order, so the baseline is deterministic.
-        counts = Counter(row["label"] for row in train)
-        majority = min(counts, key=lambda label: (-counts[label], label))
-        return [majority] * len(examples)
-    if task == "stdlib-docstring":
-        return [row["source"].strip().splitlines()[0].strip() for row in examples]
-    if task == "stdlib-instruct":
-        return [row["input"].strip().splitlines()[0].strip() for row in examples]
-    if task == "stdlib-qa":
-        return [row["context"].strip().splitlines()[0].strip() for row in examples]
-    raise LmforgeError(f"unknown built-in task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-def write_task(task: str, out_dir: str | Path) -> dict[str, Any]:
-    """Write train.jsonl, validation.jsonl and test.jsonl of a built-in task, and summary.json: the row
-    counts per split, label counts (classification) and the baseline's scores (test accuracy; ROUGE or
-    SQuAD EM/F1 on validation and test); returns the summary."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LmforgeError(f"cannot create {out_dir}: {e.strerror}; choose a writable directory") from None
-    splits = build_task(task)
-    summary = _summary_of(task, splits)
-    if task == "stdlib-qa":
-        files = {
-            f"{split}.json": json.dumps(_squad_json(rows), indent=1) + "\n" for split, rows in splits.items()
-        }
-    else:
-        files = {
-            f"{split}.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            for split, rows in splits.items()
-        }
-    files["summary.json"] = json.dumps(summary, indent=2) + "\n"
-    for name, text in files.items():
-        try:
-            (out_dir / name).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise LmforgeError(
-                f"cannot write {out_dir / name}: {e.strerror}; choose a writable directory"
-            ) from None
-    return summary
-
-
-def _summary_of(task: str, splits: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"task": task, "counts": {s: len(rows) for s, rows in splits.items()}}
-    predictions = baseline_predictions(task, splits["test"], splits["train"])
-    if task == "stdlib-package":
-        summary["label_counts"] = {
-            s: dict(sorted(Counter(r["label"] for r in rows).items())) for s, rows in splits.items()
-        }
-        correct = sum(p == r["label"] for p, r in zip(predictions, splits["test"]))
-        summary["baseline"] = {"majority_label": predictions[0], "test_accuracy": correct / len(predictions)}
-    else:
-        summary["baseline"] = {
-            "prediction": BASELINES[task],
-            **{split: _baseline_scores(task, splits[split]) for split in ("validation", "test")},
-        }
-    if task == "stdlib-qa":
-        summary["answerable"] = {s: sum(not r["is_impossible"] for r in rows) for s, rows in splits.items()}
-    return summary
-
-
-BASELINES = {
-    "stdlib-docstring": "the first line of the code (its def line)",
-    "stdlib-instruct": "the first line of the input (the def line)",
-    "stdlib-qa": "the first line of the context",
-}
-
-
-def _baseline_scores(task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The baseline's ROUGE (summaries) or SQuAD EM/F1 (QA) on one split: the pure-Python metrics, so that
-    writing a task never needs the optional BLEU package."""
-    from lmforge.eval.metrics import qa_metrics, rouge
-
-    predictions = baseline_predictions(task, rows)
-    if task == "stdlib-qa":
-        golds = [[a["text"] for a in r["answers"]] for r in rows]  # none: unanswerable
-        scores = qa_metrics(predictions, golds, version_2=True)
-        return {k: scores[k] for k in ("exact", "f1")}
-    target = "target" if task == "stdlib-docstring" else "output"
-    scores = rouge(predictions, [r[target] for r in rows])
-    return {k: scores[k] for k in ("rouge1", "rouge2", "rougeL")}
