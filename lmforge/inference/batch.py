@@ -70,8 +70,8 @@ def next_token_logits(model, batch: TokenBuffer, cache: KVCache | None) -> torch
     per step. Without a cache, every step recomputes the whole sequence.
     """
     start = cache.length if cache is not None else 0
-    # Without padding no mask is passed, so attention takes its faster causal-only path.
-    mask = batch.mask[:, : batch.length] if batch.is_padded else None
+    # Only a prompt holds padding; without it no mask is passed, so attention takes its faster paths.
+    mask = batch.mask[:, start : batch.length] if batch.is_padded and start < batch.prompt_len else None
     x = model.hidden(batch.ids[:, start : batch.length], attention_mask=mask, cache=cache)
     # NOTE: only the last position goes through lm_head; at prefill the full (B, T, V) logits of a long
     # prompt would cost more memory than the whole model's activations.

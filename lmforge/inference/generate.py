@@ -24,7 +24,6 @@ from lmforge.inference.sampling import sample_next
 from lmforge.inference.seq2seq import decoder_start_prompts, encode_inputs
 from lmforge.inference.static_cache import StaticDecoder
 from lmforge.inference.stop import StopChecker
-from lmforge.models.decoder import CausalLM
 from lmforge.tokenizers import IncrementalDecoder
 
 # Beams are rows of one batch: past a few dozen they cost memory and time and no longer change the text.
@@ -174,11 +173,10 @@ def _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, 
 
 def _logits_source(model, batch: TokenBuffer, config: GenerationConfig, capacity: int):
     """A function from the tokens just appended to `batch` (None before the first step) to the
-    next logits (B, V): on a static KV cache for decoder-only models, the dynamic one otherwise."""
+    next logits (B, V): on a static KV cache, or recomputing every step without a cache."""
     n_rows = len(batch.ids)
-    if not config.use_cache or not isinstance(model, CausalLM):  # an encoder-decoder has its own caches
-        cache = model.new_cache(n_rows, capacity - 1) if config.use_cache else None
-        return lambda tokens: next_token_logits(model, batch, cache)
+    if not config.use_cache:
+        return lambda tokens: next_token_logits(model, batch, None)
     use_compile = model.device.type == "cuda" if config.use_compile is None else config.use_compile
     decoder = StaticDecoder(model, n_rows, capacity - 1, use_compile=use_compile)
     mask = batch.mask[:, : batch.length] if batch.is_padded else None

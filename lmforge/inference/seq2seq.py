@@ -30,8 +30,8 @@ class EncodedInputs:
             raise ValueError("decoder inputs are never padded: every row starts with one start token")
         return self.model.decode(decoder_ids, self.encoded, attention_mask=self.attention_mask, cache=cache)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None):
-        return self.model.new_cache(batch_size, max_len, dtype)
+    def new_cache(self, rows: int, capacity: int | None = None, dtype: torch.dtype | None = None, **options):
+        return self.model.new_cache(rows, capacity, dtype, **options)
 
 
 @torch.inference_mode()

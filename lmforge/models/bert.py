@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lmforge.models.base import PretrainedModel
-from lmforge.nn import MLP, Attention, LayerNorm, padding_mask
+from lmforge.nn import MLP, Attention, Feed, LayerNorm, padding_mask
 from lmforge.nn.mlp import get_activation
 
 
@@ -78,7 +78,7 @@ class BertBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask=mask)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, Feed(mask))))
         return self.mlp_norm(x + self.dropout(self.mlp(x)))
 
 

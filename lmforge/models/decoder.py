@@ -1,8 +1,10 @@
-"""What every decoder-only language model shares around its family-specific blocks: the KV cache
-it allocates, its weight initialisation, and saving as a Hugging Face checkpoint.
+"""What every decoder-only language model shares around its family-specific blocks: the forward pass
+through them, the KV cache it allocates, its weight initialisation, and saving as a Hugging Face
+checkpoint.
 
-A family (gpt2.py, llama.py) subclasses `CausalLM` and defines `config`, `blocks`, and
-`hidden(input_ids, ...)`; `forward` is always `lm_head(hidden(...))`, giving logits (B, T, vocab_size).
+A family (gpt2.py, llama.py) subclasses `CausalLM` and defines `config`, `blocks` (each called as
+`block(x, feed, rope)`), `norm`, `lm_head`, and `embed_input`, its one difference here: how token ids
+and their positions become the residual stream (and rotary angles, where positions are rotations).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from lmforge.models.base import PretrainedModel
-from lmforge.nn import KVCache
+from lmforge.nn import Feed, KVCache, allocate_cache
 
 
 class CausalLM(PretrainedModel):
@@ -27,30 +29,49 @@ class CausalLM(PretrainedModel):
         input_ids: torch.Tensor,
         *,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for input_ids (B, T).
+        """Logits (B, T, vocab_size) for input_ids (B, T); the arguments are those of `hidden`."""
+        return self.lm_head(self.hidden(input_ids, attention_mask=attention_mask, cache=cache))
 
-        attention_mask (B, cached + T) marks real tokens with 1 and padding with 0; with a cache,
-        the new tokens are stored in it and attend to everything cached before them.
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normalised hidden states (B, T, d_model) of input_ids (B, T).
+
+        attention_mask (B, T) marks the padding among these tokens with 0. With a cache, they are
+        stored in it and attend to what their row holds; the cache gives their positions and mask.
         """
-        x = self.hidden(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
-        return self.lm_head(x)
+        T = input_ids.shape[1]
+        if cache is not None:
+            feed = cache.feed(T, attention_mask)
+        else:
+            feed = Feed.uncached(T, attention_mask, device=input_ids.device)
+        x, rope = self.embed_input(input_ids, feed.positions)
+        for block in self.blocks:
+            x = block(x, feed, rope)
+        return self.norm(x)
 
     def new_cache(
-        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
+        self,
+        rows: int,
+        capacity: int | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        is_static: bool = False,
     ) -> KVCache:
-        """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
-        attn = self.blocks[0].attn
-        return KVCache(
-            len(self.blocks),
-            batch_size,
-            max_len or self.config.max_seq_len,
-            attn.n_kv_heads,
-            attn.d_head,
+        """An empty KV cache for `rows` sequences of up to `capacity` tokens (max_seq_len when None)."""
+        return allocate_cache(
+            self.blocks,
+            rows,
+            capacity or self.config.max_seq_len,
             dtype=dtype or self.dtype,
             device=self.device,
+            is_static=is_static,
         )
 
     def init_weights(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmforge.models.decoder import CausalLM
-from lmforge.nn import MLP, Attention, KVCache, LayerNorm, decoder_mask, decoder_positions
+from lmforge.nn import MLP, Attention, Feed, LayerNorm
 
 
 @dataclass
@@ -52,8 +52,8 @@ class GPT2Block(nn.Module):
         self.mlp = MLP(config.d_model, config.d_ff, config.activation, bias=True)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, *, mask, is_causal, cache):
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, cache=cache))
+    def forward(self, x: torch.Tensor, feed: Feed, rope=None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), feed, rope=rope))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -70,23 +70,6 @@ class GPT2(CausalLM):
         self.lm_head.weight = self.embed.weight  # tied: the output layer reads the input embedding
         self.init_weights()
 
-    def hidden(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """The final normalised hidden states (B, T, d_model)."""
-        past_len = cache.length if cache is not None else 0
-        T = input_ids.shape[1]
-        if position_ids is None:
-            position_ids = decoder_positions(attention_mask, T, past_len, input_ids.device)
-        mask, is_causal = decoder_mask(attention_mask, T, past_len, input_ids.device)
-        x = self.dropout(self.embed(input_ids) + self.pos_embed(position_ids))
-        for block in self.blocks:
-            x = block(x, mask=mask, is_causal=is_causal, cache=cache)
-        if cache is not None:
-            cache.advance(T)
-        return self.norm(x)
+    def embed_input(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Token plus learned position embeddings; no rotary angles."""
+        return self.dropout(self.embed(input_ids) + self.pos_embed(positions)), None

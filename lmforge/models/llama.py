@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lmforge.models.decoder import CausalLM
-from lmforge.nn import Attention, GatedMLP, KVCache, RMSNorm, RotaryEmbedding, decoder_mask, decoder_positions
+from lmforge.nn import Attention, Feed, GatedMLP, RMSNorm, RotaryEmbedding
 
 
 @dataclass
@@ -62,8 +62,8 @@ class LlamaBlock(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = GatedMLP(config.d_model, config.d_ff, "silu", bias=config.mlp_bias)
 
-    def forward(self, x, *, rope, mask, is_causal, cache):
-        x = x + self.attn(self.attn_norm(x), rope=rope, mask=mask, is_causal=is_causal, cache=cache)
+    def forward(self, x: torch.Tensor, feed: Feed, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), feed, rope=rope)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -80,24 +80,8 @@ class Llama(CausalLM):
             self.lm_head.weight = self.embed.weight
         self.init_weights()
 
-    def hidden(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """The final normalised hidden states (B, T, d_model)."""
-        past_len = cache.length if cache is not None else 0
-        T = input_ids.shape[1]
-        if position_ids is None:
-            position_ids = decoder_positions(attention_mask, T, past_len, input_ids.device)
-        mask, is_causal = decoder_mask(attention_mask, T, past_len, input_ids.device)
-        rope = self.pos_embed(position_ids)
-        x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x, rope=rope, mask=mask, is_causal=is_causal, cache=cache)
-        if cache is not None:
-            cache.advance(T)
-        return self.norm(x)
+    def embed_input(
+        self, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Token embeddings, and the rotary angles (cos, sin) of their positions for every layer."""
+        return self.embed(input_ids), self.pos_embed(positions)

@@ -13,6 +13,7 @@ Transformer"), the encoder-decoder Transformer of Vaswani et al. (2017) with T5'
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,13 +24,14 @@ from lmforge.models.base import PretrainedModel
 from lmforge.nn import (
     MLP,
     Attention,
-    CrossKVCache,
+    CrossContext,
+    Feed,
     GatedMLP,
     KVCache,
     RelativePositionBias,
     RMSNorm,
     add_bias,
-    causal_mask,
+    allocate_cache,
     padding_mask,
 )
 
@@ -62,22 +64,6 @@ class T5Config:
         self.n_decoder_layers = self.n_decoder_layers or self.n_layers
 
 
-class Seq2SeqCache:
-    """The decoder's caches: self-attention keys/values (growing by one position per step) and
-    cross-attention keys/values (computed from the encoder output once)."""
-
-    def __init__(self, self_attn: KVCache, cross_attn: CrossKVCache):
-        self.self_attn, self.cross_attn = self_attn, cross_attn
-
-    @property
-    def length(self) -> int:
-        return self.self_attn.length
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.self_attn.reorder(index)
-        self.cross_attn.reorder(index)
-
-
 class T5Block(nn.Module):
     def __init__(self, config: T5Config, layer_idx: int, *, is_decoder: bool):
         super().__init__()
@@ -103,15 +89,10 @@ class T5Block(nn.Module):
             self.mlp = MLP(config.d_model, config.d_ff, config.activation, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, *, mask, cache=None, context=None, context_mask=None):
-        self_cache = cache.self_attn if cache is not None else None
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, cache=self_cache))
+    def forward(self, x: torch.Tensor, feed: Feed, context: CrossContext | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), feed))
         if self.cross_attn is not None:
-            cross_cache = cache.cross_attn if cache is not None else None
-            h = self.cross_attn(
-                self.cross_attn_norm(x), mask=context_mask, context=context, cache=cross_cache
-            )
-            x = x + self.dropout(h)
+            x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=context))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -129,23 +110,21 @@ class T5Stack(nn.Module):
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, *, attention_mask=None, cache=None, context=None, context_mask=None):
-        """x (B, T, d_model) -> (B, T, d_model). attention_mask (B, cached + T) and context_mask
-        (B, S) mark real tokens 1 and padding 0."""
+    def forward(self, x, *, attention_mask=None, cache=None, context=None):
+        """x (B, T, d_model) -> (B, T, d_model). attention_mask (B, T) marks x's real tokens 1 and
+        padding 0; with a cache (decoder), x is stored in it and attends to what it holds; context is
+        what the decoder's cross-attention reads."""
         T = x.shape[1]
-        past_len = cache.length if cache is not None else 0
-        mask = padding_mask(attention_mask)  # (B, 1, 1, S) or None
-        if self.is_decoder:
-            causal = causal_mask(T, past_len, x.device)
-            mask = causal if mask is None else causal & mask
+        if cache is not None:
+            feed = cache.feed(T, attention_mask)
+        else:
+            feed = Feed.uncached(T, attention_mask, device=x.device, is_causal=self.is_decoder)
         # The bias (and the mask folded into it) is computed once and shared by every block.
-        bias = add_bias(self.pos_embed(T, past_len + T, past_len).to(x.dtype), mask)
-        context_mask = padding_mask(context_mask)
+        bias = self.pos_embed.between(feed.slots, feed.n_keys).to(x.dtype)
+        feed = dataclasses.replace(feed, mask=add_bias(bias, feed.full_mask()), is_causal=False)
         x = self.dropout(x)
         for block in self.blocks:
-            x = block(x, mask=bias, cache=cache, context=context, context_mask=context_mask)
-        if cache is not None:
-            cache.self_attn.advance(T)
+            x = block(x, feed, context)
         return self.dropout(self.norm(x))
 
 
@@ -194,20 +173,18 @@ class T5(PretrainedModel):
         *,
         attention_mask: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-        cache: Seq2SeqCache | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """The decoder's final hidden states (B, T, d_model) for new decoder tokens.
 
-        attention_mask is the encoder's (B, S); with a cache, the new tokens attend to the cached ones.
+        attention_mask is the encoder's (B, S); with a cache, the new tokens attend to the cached ones
+        and the cross-attention keys and values are computed once.
         """
-        x = self.embed(decoder_input_ids)
-        return self.decoder(
-            x,
-            attention_mask=decoder_attention_mask,
-            cache=cache,
-            context=encoded,
-            context_mask=attention_mask,
+        context = CrossContext(
+            encoded, padding_mask(attention_mask), cache.cross if cache is not None else None
         )
+        x = self.embed(decoder_input_ids)
+        return self.decoder(x, attention_mask=decoder_attention_mask, cache=cache, context=context)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Next-token logits from decoder hidden states."""
@@ -216,20 +193,23 @@ class T5(PretrainedModel):
         return self.lm_head(x)
 
     def new_cache(
-        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
-    ) -> Seq2SeqCache:
-        """Empty decoder caches for `batch_size` sequences of up to `max_len` decoder tokens."""
-        n_layers, attn = self.config.n_decoder_layers, self.decoder.blocks[0].attn
-        self_attn = KVCache(
-            n_layers,
-            batch_size,
-            max_len or self.config.max_seq_len,
-            attn.n_kv_heads,
-            attn.d_head,
+        self,
+        rows: int,
+        capacity: int | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        is_static: bool = False,
+    ) -> KVCache:
+        """An empty decoder cache (self- and cross-attention) for `rows` sequences of up to `capacity`
+        decoder tokens (max_seq_len when None)."""
+        return allocate_cache(
+            self.decoder.blocks,
+            rows,
+            capacity or self.config.max_seq_len,
             dtype=dtype or self.dtype,
             device=self.device,
+            is_static=is_static,
         )
-        return Seq2SeqCache(self_attn, CrossKVCache(n_layers))
 
     @torch.no_grad()
     def init_weights(self) -> None:

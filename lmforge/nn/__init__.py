@@ -1,15 +1,7 @@
 """The layers every model family shares."""
 
-from lmforge.nn.attention import (
-    Attention,
-    CrossKVCache,
-    KVCache,
-    add_bias,
-    causal_mask,
-    decoder_mask,
-    decoder_positions,
-    padding_mask,
-)
+from lmforge.nn.attention import Attention, CrossContext, Feed, add_bias, causal_mask, padding_mask
+from lmforge.nn.cache import CrossKVCache, KVCache, allocate_cache
 from lmforge.nn.lora import LoRALinear, apply_lora, lora_state_dict, merge_lora
 from lmforge.nn.mlp import MLP, GatedMLP
 from lmforge.nn.norm import LayerNorm, RMSNorm
@@ -24,7 +16,9 @@ from lmforge.nn.position import (
 __all__ = [
     "MLP",
     "Attention",
+    "CrossContext",
     "CrossKVCache",
+    "Feed",
     "GatedMLP",
     "KVCache",
     "LayerNorm",
@@ -33,11 +27,10 @@ __all__ = [
     "RelativePositionBias",
     "RotaryEmbedding",
     "add_bias",
+    "allocate_cache",
     "apply_lora",
     "apply_rope",
     "causal_mask",
-    "decoder_mask",
-    "decoder_positions",
     "lora_state_dict",
     "merge_lora",
     "padding_mask",

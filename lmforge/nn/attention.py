@@ -1,139 +1,45 @@
 """Multi-head attention `softmax(Q K^T / sqrt(d_k)) V` (Vaswani et al., 2017) on PyTorch's
 `scaled_dot_product_attention`, with grouped-query attention (Ainslie et al., 2023), causal and
-padding masks, a preallocated key/value cache for decoding, and what an encoder-decoder adds:
-cross-attention to another sequence (keys and values computed once per generation) and an additive
+padding masks, and what an encoder-decoder adds: cross-attention to another sequence and an additive
 position bias on the scores (T5).
+
+The tokens of one forward pass reach self-attention as a `Feed`: their position ids, the mask they
+attend with, and where their keys and values go. Without a cache `Feed.uncached` builds it from the
+padding mask; with one, the cache does (`KVCache.feed`, lmforge/nn/cache.py), as it alone knows what
+each row holds. Cross-attention reads a `CrossContext` instead: the other sequence and its padding.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.errors import LmforgeError
 from lmforge.nn.position import apply_rope
 
-
-class KVCache:
-    """Keys and values of every layer, preallocated as (B, n_kv_heads, max_len, d_head).
-
-    Decoding writes each new position in place instead of growing tensors by concatenation.
-    `length` counts the positions already stored; the model advances it after a forward pass.
-    """
-
-    def __init__(
-        self,
-        n_layers: int,
-        batch_size: int,
-        max_len: int,
-        n_kv_heads: int,
-        d_head: int,
-        *,
-        dtype: torch.dtype,
-        device: torch.device | str,
-    ):
-        shape = (batch_size, n_kv_heads, max_len, d_head)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_heads, T, d_head) after the cached positions; return all of them."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise LmforgeError(
-                f"sequence of {end} tokens exceeds the cache of {self.max_len}; "
-                "use a shorter prompt or fewer new tokens"
-            )
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (beam search moves hypotheses between rows)."""
-        for cache in (self.keys, self.values):
-            for i, t in enumerate(cache):
-                cache[i] = t.index_select(0, index)
-
-
-class CrossKVCache:
-    """Keys and values of cross-attention, per decoder layer: they depend only on the encoder output,
-    so they are computed at the first decoding step and reused by every later one."""
-
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-
-    def get(self, layer: int, compute) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached (k, v) of a layer; `compute()` gives them the first time."""
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = compute()
-        return self.keys[layer], self.values[layer]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index`."""
-        for cache in (self.keys, self.values):
-            for i, t in enumerate(cache):
-                if t is not None:
-                    cache[i] = t.index_select(0, index)
-
-
-def decoder_positions(
-    attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
-) -> torch.Tensor:
-    """Position ids (B, T) of the new tokens; with left padding each row counts from its first
-    real token, so a padded row sees exactly the positions it would see alone."""
-    if attention_mask is None:
-        return torch.arange(past_len, past_len + q_len, device=device)[None]
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.clamp(min=0)[:, past_len : past_len + q_len]
-
-
-def causal_mask(q_len: int, past_len: int, device: torch.device) -> torch.Tensor:
-    """(1, 1, T, S) bool: query i (at position past_len + i) may attend to keys at positions <= its own."""
-    query_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T, 1)
-    key_pos = torch.arange(past_len + q_len, device=device)[None, :]  # (1, S)
-    return (key_pos <= query_pos)[None, None]
-
-
-def decoder_mask(
-    attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
-) -> tuple[torch.Tensor | None, bool]:
-    """The mask for causal self-attention: (mask, is_causal) for `scaled_dot_product_attention`.
-
-    attention_mask is (B, past_len + q_len), 1 for real tokens and 0 for padding, or None.
-    Without padding no mask tensor is built: SDPA's own causal path is faster. A 4-D bool
-    attention_mask (B, 1, T, S) is already the whole mask (a static KV cache builds its own) and is
-    used as it is.
-    """
-    if attention_mask is not None and attention_mask.dim() == 4:
-        return attention_mask, False
-    if attention_mask is None:
-        if past_len == 0:
-            return None, q_len > 1
-        if q_len == 1:
-            return None, False
-    total = past_len + q_len
-    query_pos = torch.arange(past_len, total, device=device)[:, None]  # (T, 1)
-    key_pos = torch.arange(total, device=device)[None, :]  # (1, S)
-    mask = causal_mask(q_len, past_len, device)
-    if attention_mask is not None:
-        if attention_mask.shape[-1] != total:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total}")
-        # NOTE: a padding query still attends to itself, so no row is fully masked: an all -inf row
-        # gives NaN, and NaN times a zero weight is still NaN in the next layer.
-        mask = (mask & attention_mask.bool()[:, None, None, :]) | (key_pos == query_pos)[None, None]
-    return mask, False
+if TYPE_CHECKING:
+    from lmforge.nn.cache import CrossKVCache, KVCache
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The bidirectional mask (B, 1, 1, S) that hides padding keys (attention_mask 0), or None."""
     return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+
+
+def causal_mask(query_slots: torch.Tensor, n_keys: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, T, S) bool, S = n_keys: the query at slot q may attend to the keys at slots <= q that hold
+    real tokens (`valid` (B, S); every slot when None). query_slots is (B, T), B may be 1."""
+    key_slots = torch.arange(n_keys, device=query_slots.device)  # (S,)
+    query = query_slots[:, :, None]  # (B, T, 1)
+    allowed = key_slots <= query
+    if valid is not None:
+        # NOTE: a padding query still attends to itself, so no row is fully masked: an all -inf row
+        # gives NaN, and NaN times a zero weight is still NaN in the next layer.
+        allowed = (allowed & valid[:, None, :]) | (key_slots == query)
+    return allowed[:, None]
 
 
 def add_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -143,6 +49,76 @@ def add_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return bias
     # NOTE: the dtype's minimum, not -inf: a row with every key masked then averages instead of NaN.
     return bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
+
+
+@dataclass
+class Feed:
+    """The tokens of one forward pass (B, T), as self-attention sees them.
+
+    mask: bool (True = may attend) or float (added to the scores: a position bias), broadcastable to
+    (B, n_heads, T, S); None is every key, or SDPA's own causal mask with `is_causal`.
+    positions: position ids (B, T); slots: where the tokens sit in their rows (B, T), the cache slots
+    or 0..T-1 without a cache (B may be 1 in both); n_keys: S, the keys attended.
+    cache: where the new keys and values go (None: nowhere); start: the slot every row's tokens
+    start at, when the cache's rows are aligned (one slice write instead of a scatter).
+    """
+
+    mask: torch.Tensor | None = None
+    is_causal: bool = False
+    positions: torch.Tensor | None = None
+    slots: torch.Tensor | None = None
+    n_keys: int | None = None
+    cache: KVCache | None = None
+    start: int | None = None
+
+    @classmethod
+    def uncached(
+        cls,
+        n: int,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        device: torch.device,
+        is_causal: bool = True,
+    ) -> Feed:
+        """n tokens that attend among themselves alone: causally (a decoder) or to all (an encoder).
+
+        attention_mask (B, n) is 0 at padding, anywhere in a row; a causal row counts its positions
+        from its first real token, so a left-padded row sees the positions it would see alone.
+        """
+        slots = torch.arange(n, device=device)[None]  # (1, n)
+        if not is_causal:
+            return cls(padding_mask(attention_mask), positions=slots, slots=slots, n_keys=n)
+        if attention_mask is None:
+            # Without padding no mask tensor is built: SDPA's own causal path is faster.
+            return cls(is_causal=n > 1, positions=slots, slots=slots, n_keys=n)
+        real = attention_mask.bool()
+        positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+        return cls(causal_mask(slots, n, real), positions=positions, slots=slots, n_keys=n)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store a layer's new keys and values (B, n_kv_heads, T, d_head); return all it attends to."""
+        return (k, v) if self.cache is None else self.cache.store(layer, self, k, v)
+
+    def full_mask(self) -> torch.Tensor | None:
+        """The mask as a tensor (SDPA's causal flag spelled out), to fold into a position bias."""
+        return causal_mask(self.slots, self.n_keys) if self.is_causal else self.mask
+
+
+@dataclass
+class CrossContext:
+    """What cross-attention reads: the other sequence (B, S, d_model), its padding mask (B, 1, 1, S)
+    or None, and where its keys and values are cached (they depend on it alone, so they are computed
+    at the first decoding step and reused by every later one)."""
+
+    states: torch.Tensor
+    mask: torch.Tensor | None = None
+    cache: CrossKVCache | None = None
+
+    def keys_values(self, layer: int, project) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's keys and values of the context; `project(states)` computes them."""
+        if self.cache is None:
+            return project(self.states)
+        return self.cache.get(layer, lambda: project(self.states))
 
 
 class Attention(nn.Module):
@@ -181,31 +157,25 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        feed: Feed | None = None,
         *,
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | CrossKVCache | None = None,
-        context: torch.Tensor | None = None,
+        context: CrossContext | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d_model) attends to itself, or to `context` (B, S, d_model) when given.
-
-        mask: bool (True = may attend) or float (added to the scores: a position bias), broadcastable
-        to (B, n_heads, T, S). cache: a KVCache for self-attention, a CrossKVCache for cross-attention.
-        """
+        """x (B, T, d_model) attends to itself as `feed` says (None: to every token, uncached), or,
+        given a `context`, to the other sequence it holds. rope: the (cos, sin) of x's positions."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, n_heads, T, d_head)
         if context is not None:
-            if cache is not None:
-                k, v = cache.get(self.layer_idx, lambda: self._keys_values(context))
-            else:
-                k, v = self._keys_values(context)
+            k, v = context.keys_values(self.layer_idx, self._keys_values)
+            mask, is_causal = context.mask, False
         else:
+            feed = feed or Feed()
             k, v = self._keys_values(x)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            if cache is not None:
-                k, v = cache.update(self.layer_idx, k, v)
+            k, v = feed.update(self.layer_idx, k, v)
+            mask, is_causal = feed.mask, feed.is_causal
         out = F.scaled_dot_product_attention(
             q,
             k,

@@ -100,7 +100,7 @@ def relative_position_bucket(
 
 
 class RelativePositionBias(nn.Module):
-    """T5's learned scalar per (bucket, head), added to the attention scores: (1, n_heads, T, S).
+    """T5's learned scalar per (bucket, head), added to the attention scores: (B, n_heads, T, S).
 
     T5 computes it once per stack and shares it across the stack's layers.
     """
@@ -113,13 +113,17 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, q_len: int, k_len: int, past_len: int = 0) -> torch.Tensor:
         """The bias for queries at positions past_len.. past_len + q_len over keys 0 .. k_len."""
-        device = self.weight.device
-        query_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T, 1)
-        key_pos = torch.arange(k_len, device=device)[None, :]  # (1, S)
+        query_pos = torch.arange(past_len, past_len + q_len, device=self.weight.device)[None]  # (1, T)
+        return self.between(query_pos, k_len)
+
+    def between(self, query_pos: torch.Tensor, k_len: int) -> torch.Tensor:
+        """The bias (B, n_heads, T, S) for queries at positions query_pos (B, T), B may be 1, over
+        keys at positions 0 .. k_len - 1 (a KV cache's slots: rows may be at different positions)."""
+        key_pos = torch.arange(k_len, device=query_pos.device)  # (S,)
         buckets = relative_position_bucket(
-            key_pos - query_pos,
+            key_pos - query_pos[:, :, None],  # (B, T, S)
             is_bidirectional=self.is_bidirectional,
             n_buckets=self.n_buckets,
             max_distance=self.max_distance,
         )
-        return F.embedding(buckets, self.weight).permute(2, 0, 1)[None]  # (1, n_heads, T, S)
+        return F.embedding(buckets, self.weight).permute(0, 3, 1, 2)  # (B, n_heads, T, S)
