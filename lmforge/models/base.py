@@ -1,9 +1,12 @@
 """What every lmforge model has, whatever its family: its device and dtype, a parameter count, and
-`save_pretrained` (a Hugging Face checkpoint directory, written by lmforge.hf.save_model)."""
+`save_pretrained` (a Hugging Face checkpoint directory, written by lmforge.hf.save_model); and
+`evaluating(model)`, the block in which any model runs for a score or a sample mid-training."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -47,3 +50,16 @@ class PretrainedModel(nn.Module):
         # is only the familiar spelling, so it finds the writer by module name when it is called.
         hf = importlib.import_module("lmforge.hf")
         hf.save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode (no dropout) and without gradients, then give it back the mode it had:
+    a validation score or a sample in the middle of training leaves the model training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

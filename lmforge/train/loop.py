@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lmforge.config import INT64, bounded, check_fields
 from lmforge.device import choose_precision, print0
 from lmforge.errors import LmforgeError
+from lmforge.models.base import evaluating
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import (
     World,
@@ -185,16 +186,7 @@ class Trainer:
         self.sample_fn = sample_fn
         self.out = Path(config.out)
         self.raw_model = model.to(world.device)
-        # Rank 0's measurement decides for all: processes that timed a near tie apart must still agree.
-        self.precision = from_rank0(
-            choose_precision(config.precision, world.device, sizes=model_sizes(model)), world
-        )
-        print0(f"precision: {self.precision}")
-        dtype = self.precision.dtype
-        self.autocast = lambda: torch.autocast(world.device.type, dtype=dtype, enabled=dtype != torch.float32)
-        # NOTE: float16's 5 exponent bits underflow small gradients: the loss is scaled up before
-        # backward and the gradients down before the step (a step with inf/NaN is skipped).
-        self.scaler = torch.amp.GradScaler(world.device.type) if dtype == torch.float16 else None
+        self._set_precision()
         self.start_step, self.start_sample = 0, 0  # where this process's run begins in the data
         self.stop_requested = False  # a subclass may ask to stop (early stopping)
         self.resumed_state: dict = {}  # the trainer_state.json resumed from, if any
@@ -208,20 +200,38 @@ class Trainer:
         self.model = wrap_model(self.raw_model, world, fsdp=config.fsdp)
         self.optimizer = make_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay)
         if resume_from is not None:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            # strict=False: a parameter that never had a gradient (an unused pooler) has no state yet,
-            # exactly as in the uninterrupted run.
-            set_optimizer_state_dict(
-                self.raw_model, self.optimizer, optim_state, options=StateDictOptions(strict=False)
-            )
-            ckpt.set_rng_state(state["rng"], rng)
-            self.start_step = state["step"]
-            self.start_sample = self._resumed_sample(state)
-            if self.scaler is not None and state.get("grad_scaler"):
-                self.scaler.load_state_dict(state["grad_scaler"])
+            self._resume_state(state, optim_state, rng)
         if config.compile:
             self.model = torch.compile(self.model, dynamic=False)
+
+    def _set_precision(self) -> None:
+        """The precision the run computes in, its autocast context and (float16) gradient scaler."""
+        device = self.world.device
+        # Rank 0's measurement decides for all: processes that timed a near tie apart must still agree.
+        self.precision = from_rank0(
+            choose_precision(self.config.precision, device, sizes=model_sizes(self.raw_model)), self.world
+        )
+        print0(f"precision: {self.precision}")
+        dtype = self.precision.dtype
+        self.autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        # NOTE: float16's 5 exponent bits underflow small gradients: the loss is scaled up before
+        # backward and the gradients down before the step (a step with inf/NaN is skipped).
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def _resume_state(self, state: dict, optim_state: dict, rng) -> None:
+        """The optimizer, RNG, data position and gradient scaler of the checkpoint resumed from."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # strict=False: a parameter that never had a gradient (an unused pooler) has no state yet,
+        # exactly as in the uninterrupted run.
+        set_optimizer_state_dict(
+            self.raw_model, self.optimizer, optim_state, options=StateDictOptions(strict=False)
+        )
+        ckpt.set_rng_state(state["rng"], rng)
+        self.start_step = state["step"]
+        self.start_sample = self._resumed_sample(state)
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     def load_model_weights(self, path: Path) -> None:
         """Load the model weights of the checkpoint at `path` (to resume)."""
@@ -442,15 +452,14 @@ class Trainer:
         """Validation loss (mean over tokens) and perplexity; each process takes its share of batches."""
         if not self.eval_set:
             return {}
-        self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64)
         count = torch.zeros((), dtype=torch.float64)
-        for batch in self.eval_set[self.world.rank :: self.world.size]:
-            with self.autocast():
-                s, n = self.loss_fn(self.model, self._to_device(batch))
-            loss_sum += s.double().cpu()
-            count += n.double().cpu()
-        self.model.train()
+        with evaluating(self.model):
+            for batch in self.eval_set[self.world.rank :: self.world.size]:
+                with self.autocast():
+                    s, n = self.loss_fn(self.model, self._to_device(batch))
+                loss_sum += s.double().cpu()
+                count += n.double().cpu()
         loss_sum, count = all_reduce_sum(loss_sum, self.world), all_reduce_sum(count, self.world)
         val_loss = (loss_sum / count.clamp(min=1)).item()
         if not self.reports_perplexity:
@@ -466,8 +475,7 @@ class Trainer:
         from lmforge.inference import generate
 
         model = unwrap(self.raw_model)
-        model.eval()
-        with self.autocast():
+        with evaluating(model), self.autocast():
             if self.sample_fn is not None:
                 text = self.sample_fn(model)
             else:
@@ -480,7 +488,6 @@ class Trainer:
                     top_k=40,
                     seed=self.config.seed,
                 )
-        model.train()
         if self.world.is_main:
             bar.write(f"--- sample at step {step} ---\n{text}\n---")
 

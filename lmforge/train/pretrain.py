@@ -318,16 +318,14 @@ def _fill_masks(tok, batch: dict, n_tokens: int, model) -> str:
 @torch.no_grad()
 def _write_spans(tok, batch: dict, n_tokens: int, model) -> str:
     """A corrupted validation input, its target, and the target the model writes greedily."""
-    input_ids, target = batch["input_ids"][:1].to(model.device), batch["labels"][0]
-    encoded = model.encode(input_ids)
-    written = torch.full((1, 1), model.config.decoder_start_token_id, device=model.device)
-    for _ in range(min(len(target), n_tokens)):
-        next_id = model.logits(model.decode(written, encoded)[:, -1]).argmax(-1, keepdim=True)
-        written = torch.cat([written, next_id], dim=1)
-        if next_id.item() == tok.eos_token_id:
-            break
+    from lmforge.inference.texts import generate_texts
+
+    input_ids, target = batch["input_ids"][0].tolist(), batch["labels"][0]
+    (written,) = generate_texts(
+        model, tok, [input_ids], max_new_tokens=min(len(target), n_tokens), skip_special_tokens=False
+    )
     show = functools.partial(tok.decode, skip_special_tokens=False)
-    return f"input: {show(input_ids[0])}\ntarget: {show(target)}\nmodel: {show(written[0, 1:])}"
+    return f"input: {show(input_ids)}\ntarget: {show(target)}\nmodel: {written}"
 
 
 def _as_dict(batch) -> dict:
