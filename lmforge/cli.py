@@ -283,13 +283,15 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from lmforge.train.tasks.classification import label_scores
+    from lmforge.inference.classify import label_scores
+    from lmforge.train.tasks import ClassificationOptions
 
+    options = cfg.build(ClassificationOptions, args)
     texts = _read_texts(args.input, "input")
     ranking = label_scores(
         args.model,
         texts,
-        max_length=args.max_length,
+        max_length=options.max_length,
         batch_size=args.batch_size,
         allow_nonfinite=args.allow_nonfinite,
     )
@@ -301,9 +303,11 @@ def cmd_classify(args) -> None:
 
 
 def cmd_answer(args) -> None:
-    from lmforge.data.tasks import SquadExample
-    from lmforge.train.tasks.qa import answer_questions, read_questions
+    from lmforge.data.tasks import SquadExample, read_questions
+    from lmforge.inference.answer import answer_questions
+    from lmforge.train.tasks import QAOptions
 
+    options = cfg.build(QAOptions, args)
     if (args.input is None) == (args.question is None):
         raise LmforgeError("pass either --input FILE or --question with --context-file")
     if args.question is not None:
@@ -316,9 +320,9 @@ def cmd_answer(args) -> None:
     answers = answer_questions(
         args.model,
         examples,
-        max_length=args.max_length,
-        stride=args.stride,
-        max_answer_length=args.max_answer_length,
+        max_length=options.max_length,
+        stride=options.stride,
+        max_answer_length=options.max_answer_length,
         batch_size=args.batch_size,
         always_answer=args.always_answer,
         allow_nonfinite=args.allow_nonfinite,
@@ -342,10 +346,28 @@ def cmd_merge_lora(args) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    from lmforge.inference import GenerationConfig
-
     parser = ArgumentParser(prog="lmforge", description="Transformer language models from first principles.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=ArgumentParser, metavar="VERB")
+    verbs = parser.add_subparsers(
+        dest="verb",
+        required=True,
+        parser_class=ArgumentParser,
+        metavar="VERB",
+        help="what to do (`lmforge VERB --help` lists its flags)",
+    )
+    _add_generation_verbs(verbs)
+    _add_training_verbs(verbs)
+    _add_tokenizer_verb(verbs)
+    _add_embedding_verbs(verbs)
+    _add_finetune_verbs(verbs)
+    _add_model_verbs(verbs)
+    _add_export_verb(verbs)
+    _add_merge_lora_verb(verbs)
+    return parser
+
+
+def _add_generation_verbs(verbs) -> None:
+    from lmforge.inference import GenerationConfig
+    from lmforge.inference.chat import CHAT_HELP
 
     p = verbs.add_parser("generate", help="continue a prompt with a model")
     p.add_argument("--model", required=True, help="checkpoint directory (lmforge or Hugging Face)")
@@ -365,8 +387,6 @@ def build_parser() -> ArgumentParser:
     _add_runtime_flags(p)
     p.set_defaults(func=cmd_generate)
 
-    from lmforge.inference.chat import CHAT_HELP
-
     p = verbs.add_parser("chat", help="talk with a chat model in the terminal (/reset, /system TEXT, /exit)")
     p.add_argument(
         "--model", required=True, help="a chat model: a checkpoint directory, a .gguf file or a name"
@@ -377,6 +397,8 @@ def build_parser() -> ArgumentParser:
     _add_runtime_flags(p)
     p.set_defaults(func=cmd_chat)
 
+
+def _add_training_verbs(verbs) -> None:
     from lmforge.data.prepare import PrepareConfig
     from lmforge.train.pretrain import PretrainConfig
 
@@ -397,8 +419,13 @@ def build_parser() -> ArgumentParser:
     )
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_tokenizer_verb(verbs) -> None:
+    from lmforge.data.prepare import PrepareConfig
+    from lmforge.tokenizers.train import KINDS
+
     tok = verbs.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
-        dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION"
+        dest="action", required=True, parser_class=ArgumentParser, metavar="ACTION", help="what to do"
     )
     p = tok.add_parser(
         "train", help="train a byte-level BPE, character, WordPiece or Unigram tokenizer on text files"
@@ -411,8 +438,6 @@ def build_parser() -> ArgumentParser:
         required=True,
         help="the number of tokens, special ones included",
     )
-    from lmforge.tokenizers.train import KINDS
-
     p.add_argument(
         "--kind",
         choices=list(KINDS),
@@ -422,11 +447,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="directory for tokenizer.json and its config")
     _add_progress_flag(p)
     p.set_defaults(func=cmd_tokenizer_train)
-    _add_embedding_verbs(verbs)
-    _add_finetune_verbs(verbs)
-    _add_model_verbs(verbs)
-    _add_export_verb(verbs)
 
+
+def _add_merge_lora_verb(verbs) -> None:
     p = verbs.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights")
     p.add_argument("--model", required=True, help="the base checkpoint directory (lmforge or Hugging Face)")
     p.add_argument("--adapter", required=True, help="a PEFT adapter directory (adapter_config.json)")
@@ -434,34 +457,51 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_merge_lora)
-    return parser
 
 
-# FinetuneConfig fields that `evaluate` takes too: how the task reads and encodes its data.
-EVALUATE_FLAGS = (
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "stride",
-    "max_answer_length",
-    "source_field",
-    "target_field",
-    "source_prefix",
-    "max_target_length",
-)
+# Rows per forward pass of the commands that run a model without training it.
+INFERENCE_BATCH_SIZE = 32
+
+
+def _add_batch_size_flag(p: argparse.ArgumentParser, rows: str) -> None:
+    from lmforge.train.loop import TrainConfig
+
+    p.add_argument(
+        "--batch-size",
+        type=cfg.field_flag(TrainConfig, "batch_size"),
+        default=INFERENCE_BATCH_SIZE,
+        help=f"{rows} per forward pass (default: {INFERENCE_BATCH_SIZE})",
+    )
+
+
+def task_option_names() -> tuple[str, ...]:
+    """The fields of every task's options (--max-length, --stride, --text-column, ...): how each task
+    reads and encodes its data, which `finetune` and `evaluate` take alike."""
+    from lmforge.train.tasks import TASKS
+
+    fields = (f.name for task in TASKS.values() for f in dataclasses.fields(task.options))
+    return tuple(dict.fromkeys(fields))
 
 
 def _add_finetune_verbs(verbs) -> None:
+    """finetune, and the commands that run its models: evaluate, classify, answer. Every task option is
+    a field of the task's options class (lmforge/train/tasks/), whose default each command takes."""
     from lmforge.train.finetune import FinetuneConfig
-    from lmforge.train.loop import TrainConfig
 
     p = verbs.add_parser(
         "finetune",
         help="fine-tune a pretrained model: classification, qa, seq2seq or instruct (full or LoRA)",
     )
     p.add_argument("--config", help="a TOML or YAML recipe; flags override its keys")
-    cfg.add_arguments(p, FinetuneConfig, skip=("seq_len", "sample_tokens", "eval_batches"))
+    cfg.add_arguments(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
+    _add_evaluate_verb(verbs)
+    _add_classify_verb(verbs)
+    _add_answer_verb(verbs)
+
+
+def _add_evaluate_verb(verbs) -> None:
+    from lmforge.train.finetune import FinetuneConfig
 
     p = verbs.add_parser("evaluate", help="print a fine-tuned model's task metrics on a labelled file")
     p.add_argument("--data", required=True, help="a labelled data file of the task's format")
@@ -471,33 +511,34 @@ def _add_finetune_verbs(verbs) -> None:
         help="the metrics JSON file to write (default: MODEL/eval-STEM.json, STEM the --data file's name "
         "without its suffix; the run's own MODEL/metrics.json is left as it is)",
     )
-    kept = {"model", "task", "max_length", "batch_size", "device", "allow_nonfinite", *EVALUATE_FLAGS}
     cfg.add_arguments(
         p,
         FinetuneConfig,
-        skip=tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in kept),
+        only=("model", "task", "device", "allow_nonfinite", *task_option_names()),
+        recipe=False,
         help={
             "model": "the fine-tuned checkpoint directory",
-            "max_length": "tokens per example (default: 512)",
+            "task": "the task the model was fine-tuned for",
         },
     )
-    p.set_defaults(func=cmd_evaluate, max_length=512, batch_size=32)
+    _add_batch_size_flag(p, "rows")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_classify_verb(verbs) -> None:
+    from lmforge.train.tasks import ClassificationOptions
 
     p = verbs.add_parser("classify", help="print the predicted label of each line of a file")
     p.add_argument("--model", required=True, help="a fine-tuned classifier checkpoint directory")
     p.add_argument("--input", required=True, help="a text file, one text per line")
-    p.add_argument(
-        "--max-length",
-        type=cfg.field_flag(FinetuneConfig, "max_length"),
-        default=512,
-        help="tokens per text (default: 512)",
+    cfg.add_arguments(
+        p,
+        ClassificationOptions,
+        only=("max_length",),
+        recipe=False,
+        help={"max_length": "tokens per text, special tokens included"},
     )
-    p.add_argument(
-        "--batch-size",
-        type=cfg.field_flag(TrainConfig, "batch_size"),
-        default=32,
-        help="texts per forward pass (default: 32)",
-    )
+    _add_batch_size_flag(p, "texts")
     p.add_argument(
         "--probs", action="store_true", help="print each label's probability after it: LABEL<tab>PROBABILITY"
     )
@@ -508,6 +549,10 @@ def _add_finetune_verbs(verbs) -> None:
     )
     _add_nonfinite_flag(p)
     p.set_defaults(func=cmd_classify)
+
+
+def _add_answer_verb(verbs) -> None:
+    from lmforge.train.tasks import QAOptions
 
     p = verbs.add_parser(
         "answer",
@@ -521,30 +566,10 @@ def _add_finetune_verbs(verbs) -> None:
     )
     p.add_argument("--question", help="one question (with --context-file) instead of --input")
     p.add_argument("--context-file", help="a UTF-8 text file: the context of --question")
-    p.add_argument(
-        "--max-length",
-        type=cfg.field_flag(FinetuneConfig, "max_length"),
-        default=384,
-        help="tokens per window (default: 384)",
+    cfg.add_arguments(
+        p, QAOptions, recipe=False, help={"max_length": "tokens per window, special tokens included"}
     )
-    p.add_argument(
-        "--stride",
-        type=cfg.field_flag(FinetuneConfig, "stride"),
-        default=128,
-        help="tokens shared by consecutive windows (default: 128)",
-    )
-    p.add_argument(
-        "--max-answer-length",
-        type=cfg.field_flag(FinetuneConfig, "max_answer_length"),
-        default=30,
-        help="the longest answer, in tokens (default: 30)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=cfg.field_flag(TrainConfig, "batch_size"),
-        default=32,
-        help="windows per forward pass (default: 32)",
-    )
+    _add_batch_size_flag(p, "windows")
     p.add_argument(
         "--always-answer",
         action="store_true",
@@ -555,15 +580,8 @@ def _add_finetune_verbs(verbs) -> None:
 
 
 def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
-    from lmforge.train.loop import TrainConfig
-
     p.add_argument("--model", required=True, help="an encoder checkpoint (BERT, sentence-transformers)")
-    p.add_argument(
-        "--batch-size",
-        type=cfg.field_flag(TrainConfig, "batch_size"),
-        default=32,
-        help="texts per forward pass (default: 32)",
-    )
+    _add_batch_size_flag(p, "texts")
     p.add_argument(
         "--no-truncate",
         action="store_true",
@@ -583,7 +601,7 @@ def _add_embedding_verbs(verbs) -> None:
 
     p = verbs.add_parser("search", help="rank a file's lines by cosine similarity to a query")
     p.add_argument("--corpus", required=True, help="a text file, one document per line")
-    p.add_argument("--query", required=True)
+    p.add_argument("--query", required=True, help="the text to find the lines most like")
     p.add_argument(
         "--top-k",
         type=cfg.number_flag("--top-k", int, ge=1),

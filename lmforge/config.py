@@ -277,9 +277,11 @@ def add_arguments(
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
     help: dict | None = None,
+    recipe: bool = True,
 ):
     """Add one flag per field of dataclass `cls` (defaults left unset so recipes can fill them), or
-    only those named in `only`; each flag's help says its range and default."""
+    only those named in `only`; each flag's help says its range and default. recipe=False: a command
+    without a recipe, whose errors name the flag alone."""
     texts = {**field_help(cls), **(help or {})}
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init or (only is not None and f.name not in only):
@@ -295,7 +297,9 @@ def add_arguments(
             numeric = kind in (int, float) and not is_list
             parser.add_argument(
                 _flag(f.name),
-                type=NumberOption(_field_label(f.name), kind, limits) if numeric else kind,
+                type=NumberOption(_field_label(f.name) if recipe else _flag(f.name), kind, limits)
+                if numeric
+                else kind,
                 nargs="+" if is_list else None,
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),

@@ -17,17 +17,17 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from lmforge.config import INT64, bounded
+from lmforge.config import INT64, option
 from lmforge.device import check_device, check_precision, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import barrier, init_world, shutdown
 from lmforge.train.loop import MAX_SIZE, TrainConfig, Trainer
-from lmforge.train.tasks import TASKS, get_task
+from lmforge.train.tasks import TASKS, ClassificationOptions, QAOptions, Seq2SeqOptions, get_task
 
 _VALIDATION_NAMES = ("validation", "val", "dev")
 # The peak learning rate when --lr is not given: a full fine-tune's, as BERT's paper tunes in (2e-5 to
@@ -45,58 +45,70 @@ def default_lr(task: str, method: str) -> float:
     return DEFAULT_TASK_LR.get((task, method), DEFAULT_LR[method])
 
 
+# Fields of the loop's config that fine-tuning does not use: fixed here, so they are neither flags nor
+# recipe keys (seq_len still goes into the data-order fingerprint, as it always has).
+_LOOP_ONLY = {"seq_len": 256, "eval_batches": 10, "sample_tokens": 0}
+
+
+def _loop_only(name: str):
+    return field(default=_LOOP_ONLY[name], init=False, repr=False)
+
+
 @dataclass
-class FinetuneConfig(TrainConfig):
-    out: str = "runs/finetune"  # the run directory: checkpoints, metrics, the fine-tuned model
-    max_steps: int | None = None  # optimizer steps to train for (default: --epochs 3)
-    epochs: float | None = None  # passes over the training rows, instead of --max-steps (default: 3)
-    batch_size: int = 16  # rows per micro-batch, per process
-    lr: float | None = None  # peak learning rate (AdamW; default: 5e-5, or 1e-3 for LoRA and for seq2seq)
-    warmup_steps: int = 30  # linear warmup steps (at most a tenth of --max-steps)
-    weight_decay: float = 0.01  # AdamW weight decay (never on norms, biases, embeddings)
-    eval_every: int = 100  # score the validation set every N steps
-    sample_tokens: int = 0  # unused by fine-tuning
-    model: str = ""  # the pretrained checkpoint directory (lmforge or Hugging Face)
-    allow_nonfinite: bool = False  # load a --model with NaN or Inf weights (with a warning), to inspect it
-    task: str = "classification"  # what to fine-tune for: classification, qa, seq2seq or instruct
-    data: str | None = (
-        None  # a train file or a directory with train.* and validation.*; default: the task's built-in data
+class FinetuneConfig(ClassificationOptions, QAOptions, Seq2SeqOptions, TrainConfig):
+    """A fine-tuning run: the loop's settings, the model, LoRA, and every task's options (declared once,
+    in the task's options class, so `evaluate`, `classify` and `answer` share their defaults)."""
+
+    out: str = option("runs/finetune", "the run directory: checkpoints, metrics, the fine-tuned model")
+    max_steps: int | None = option(None, "optimizer steps to train for (default: --epochs 3)", ge=1, lt=INT64)
+    epochs: float | None = option(
+        None, "passes over the training rows, instead of --max-steps (default: 3)", gt=0, le=10**6
     )
-    validation: str | None = (
-        None  # the validation file (default: validation.* next to the train file, else every 10th example)
+    batch_size: int = option(16, "rows per micro-batch, per process", ge=1, le=MAX_SIZE)
+    lr: float | None = option(
+        None, "peak learning rate (AdamW; default: 5e-5, or 1e-3 for LoRA and for seq2seq)", gt=0
     )
-    method: str = "full"  # full (every weight trains) or lora (low-rank adapters and the new head only)
-    dropout: float | None = bounded(None, ge=0, lt=1)  # dropout while fine-tuning (default: the model's own)
-    lora_r: int = bounded(8, ge=1, le=2**16)  # LoRA rank
-    lora_alpha: float = bounded(16.0, gt=0)  # LoRA scaling numerator (the update is scaled by alpha / r)
-    lora_dropout: float = bounded(0.05, ge=0, lt=1)  # dropout on the LoRA input
-    lora_targets: str | None = (
-        None  # comma-separated layer names to adapt (default: the task's, q_proj,v_proj)
+    warmup_steps: int = option(30, "linear warmup steps (at most a tenth of --max-steps)", ge=0, lt=INT64)
+    weight_decay: float = option(0.01, "AdamW weight decay (never on norms, biases, embeddings)", ge=0)
+    eval_every: int = option(100, "score the validation set every N steps", ge=1, lt=INT64)
+    seq_len: int = _loop_only("seq_len")
+    eval_batches: int = _loop_only("eval_batches")
+    sample_tokens: int = _loop_only("sample_tokens")
+    model: str = option("", "the pretrained checkpoint directory (lmforge or Hugging Face)")
+    allow_nonfinite: bool = option(
+        False, "load a --model with NaN or Inf weights (with a warning), to inspect it"
     )
-    metric: str | None = (
-        None  # the validation metric that picks OUT/best and drives --patience (default: the task's)
+    task: str = option("classification", f"what to fine-tune for: {', '.join(TASKS)}")
+    data: str | None = option(
+        None,
+        "a train file or a directory with train.* and validation.*; default: the task's built-in data",
     )
-    patience: int = bounded(
-        0, ge=0, lt=INT64
-    )  # stop after this many evaluations without a better --metric (0: never stop early)
-    max_eval_examples: int = bounded(
-        0, ge=0, lt=INT64
-    )  # validation examples scored at each evaluation (0: all; the final score uses all)
-    max_length: int = bounded(
-        128, ge=3, le=MAX_SIZE
-    )  # tokens per example (the source, for seq2seq), special tokens included
-    text_column: str = "text"  # classification: the column holding the text
-    text_pair_column: str | None = None  # classification: the column holding a second text (sentence pairs)
-    label_column: str = "label"  # classification: the column holding the label
-    stride: int = bounded(64, ge=0, le=MAX_SIZE)  # qa: tokens shared by consecutive windows of a long context
-    max_answer_length: int = bounded(30, ge=1, le=MAX_SIZE)  # qa: the longest answer, in tokens
-    source_field: str = "source"  # seq2seq: the JSON field holding the input text
-    target_field: str = "target"  # seq2seq: the JSON field holding the output text
-    source_prefix: str = ""  # seq2seq: text put before every source, as T5 does ("summarize: ")
-    max_target_length: int = bounded(
-        64, ge=1, le=MAX_SIZE
-    )  # seq2seq: tokens per target, end-of-sequence included
-    device: str | None = None  # cpu, cuda, cuda:1, mps (default: the best available)
+    validation: str | None = option(
+        None, "the validation file (default: validation.* next to the train file, else every 10th example)"
+    )
+    method: str = option(
+        "full", "full (every weight trains) or lora (low-rank adapters and the new head only)"
+    )
+    dropout: float | None = option(None, "dropout while fine-tuning (default: the model's own)", ge=0, lt=1)
+    lora_r: int = option(8, "LoRA rank", ge=1, le=2**16)
+    lora_alpha: float = option(16.0, "LoRA scaling numerator (the update is scaled by alpha / r)", gt=0)
+    lora_dropout: float = option(0.05, "dropout on the LoRA input", ge=0, lt=1)
+    lora_targets: str | None = option(
+        None, "comma-separated layer names to adapt (default: the task's, q_proj,v_proj)"
+    )
+    metric: str | None = option(
+        None, "the validation metric that picks OUT/best and drives --patience (default: the task's first)"
+    )
+    patience: int = option(
+        0, "stop after this many evaluations without a better --metric (0: never stop early)", ge=0, lt=INT64
+    )
+    max_eval_examples: int = option(
+        0,
+        "validation examples scored at each evaluation (0: all; the final score uses all)",
+        ge=0,
+        lt=INT64,
+    )
+    device: str | None = option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs is None:
@@ -327,7 +339,6 @@ def _apply_lora(config: FinetuneConfig, task, model) -> None:
 
 def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune; returns the validation metrics of the final model (also in OUT/metrics.json)."""
-    from lmforge.data.tasks import pad_batch
     from lmforge.tokenizers import load_tokenizer
 
     task = get_task(config.task)(config)
@@ -340,55 +351,73 @@ def finetune(config: FinetuneConfig) -> dict:
         barrier(world)  # rank 0 writes the built-in task's files
         train, validation = _examples(task, *files)
         tok = load_tokenizer(config.model)
-        seed_everything(config.seed)
-        model = task.build_model(tok, train)
-        _fit_max_length(config, model)
-        if config.dropout is not None:  # before LoRA, whose adapters keep their own --lora-dropout
-            model.set_dropout(config.dropout)
-        pad_id = next(
-            (i for i in (model.config.pad_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None),
-            None,
-        )
-        train_features = task.encode(tok, train, training=True)
-        val_features = task.encode(tok, validation, training=False)
-        print0(
-            f"fine-tuning {config.model} ({model.num_params() / 1e6:.2f}M parameters) for {config.task} on "
-            + task.describe(train, validation)
-        )
-        if config.method == "lora":
-            _apply_lora(config, task, model)
-        config.steps_for_epochs(len(train_features), world.size)
-        print0(_schedule_line(config, len(train_features), world.size))
-        batches = RowBatches(train_features, pad_id, batch_size=config.batch_size, seed=config.seed)
-        loss_features = task.encode(tok, validation, training=True)
-        evals = [
-            pad_batch(loss_features[i : i + config.batch_size], pad_id)
-            for i in range(0, len(loss_features), config.batch_size)
-        ]
-        fingerprint = {
-            "model": str(Path(config.model).resolve()),
-            "task": config.task,
-            "method": config.method,
-            "data": {"train": len(train), "validation": len(validation), "max_length": config.max_length},
-            **task.fingerprint(),
-        }
-        trainer = TaskTrainer(
-            model,
-            config,
-            task=task,
-            validation=(validation, val_features),
-            train_batch=batches.samples,
-            eval_batches=evals,
-            world=world,
-            tokenizer=tok,
-            fingerprint=fingerprint,
-        )
-        row = trainer.fit()
-        if not row:
+        model = _task_model(config, task, tok, train)
+        trainer = _task_trainer(config, task, model, tok, (train, validation), world)
+        if not trainer.fit():
             return {}
-        metrics = task.score(trainer.raw_model, tok, validation, val_features)
+        metrics = task.score(trainer.raw_model, tok, *trainer.validation)
         if world.is_main:
             write_metrics(metrics, Path(config.out) / "metrics.json")
         return metrics
     finally:
         shutdown(world)
+
+
+def _task_model(config: FinetuneConfig, task, tok, train: list):
+    """The task's model, seeded, --max-length fitted to it and --dropout set."""
+    seed_everything(config.seed)
+    model = task.build_model(tok, train)
+    _fit_max_length(config, model)
+    if config.dropout is not None:  # before LoRA, whose adapters keep their own --lora-dropout
+        model.set_dropout(config.dropout)
+    return model
+
+
+def _task_trainer(
+    config: FinetuneConfig, task, model, tok, examples: tuple[list, list], world
+) -> TaskTrainer:
+    """The loop over the task's encoded rows, with LoRA applied and the run's length known."""
+    from lmforge.data.tasks import pad_batch
+
+    train, validation = examples
+    pad_id = next(
+        (i for i in (model.config.pad_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None), None
+    )
+    train_features = task.encode(tok, train, training=True)
+    val_features = task.encode(tok, validation, training=False)
+    print0(
+        f"fine-tuning {config.model} ({model.num_params() / 1e6:.2f}M parameters) for {config.task} on "
+        + task.describe(train, validation)
+    )
+    if config.method == "lora":
+        _apply_lora(config, task, model)
+    config.steps_for_epochs(len(train_features), world.size)
+    print0(_schedule_line(config, len(train_features), world.size))
+    loss_features = task.encode(tok, validation, training=True)
+    return TaskTrainer(
+        model,
+        config,
+        task=task,
+        validation=(validation, val_features),
+        train_batch=RowBatches(
+            train_features, pad_id, batch_size=config.batch_size, seed=config.seed
+        ).samples,
+        eval_batches=[
+            pad_batch(loss_features[i : i + config.batch_size], pad_id)
+            for i in range(0, len(loss_features), config.batch_size)
+        ],
+        world=world,
+        tokenizer=tok,
+        fingerprint=_fingerprint(config, task, train, validation),
+    )
+
+
+def _fingerprint(config: FinetuneConfig, task, train: list, validation: list) -> dict:
+    """What a resumed run must share with the one it continues."""
+    return {
+        "model": str(Path(config.model).resolve()),
+        "task": config.task,
+        "method": config.method,
+        "data": {"train": len(train), "validation": len(validation), "max_length": config.max_length},
+        **task.fingerprint(),
+    }

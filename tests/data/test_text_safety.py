@@ -103,7 +103,7 @@ def test_task_readers_clean_their_files(tmp_path, capsys):
     assert len(err) == 4 and all(REPORT in line for line in err), err
     for path in (seq2seq, chat, table, squad):
         assert sum(str(path) in line for line in err) == 1
-    from lmforge.train.tasks.qa import read_questions
+    from lmforge.data.tasks import read_questions
 
     (question,) = read_questions(squad)  # `answer --input` recognises the SQuAD file all the same
     assert question.context == example.context

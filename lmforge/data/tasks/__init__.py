@@ -35,6 +35,7 @@ from lmforge.data.tasks.squad import (
     postprocess_squad,
     prepare_squad_eval,
     prepare_squad_train,
+    read_questions,
     read_squad,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "prepare_squad_train",
     "read_classification",
     "read_instructions",
+    "read_questions",
     "read_seq2seq",
     "read_squad",
     "render_chat",

@@ -94,6 +94,36 @@ def read_squad(path: str | Path) -> list[SquadExample]:
     return examples
 
 
+def read_questions(path: str | Path) -> list[SquadExample]:
+    """Questions to answer (`lmforge answer --input`): a SQuAD JSON file, or JSON Lines of {"question",
+    "context"} (each question's id is its "file:line")."""
+    from lmforge.data.readers import jsonl_objects
+
+    path = Path(path)
+    try:
+        # errors="replace": a stray invalid byte must not hide a SQuAD file (read_squad counts it)
+        document = json.loads(path.read_bytes().decode("utf-8-sig", errors="replace"))
+    except OSError as e:
+        raise LmforgeError(
+            f"cannot read --input {path}: {e.strerror}; pass a JSON Lines or SQuAD JSON file"
+        ) from None
+    except ValueError:  # several lines of JSON: JSON Lines (whose reader names any fault)
+        document = None
+    if isinstance(document, dict) and "data" in document:
+        return read_squad(path)
+    examples = []
+    for where, row in jsonl_objects(path):
+        for field in ("question", "context"):
+            if not isinstance(row.get(field), str):
+                raise LmforgeError(
+                    f'{where} has no text field {field!r}; each line needs {{"question": ..., "context": ...}}'
+                )
+        examples.append(SquadExample(where, row["question"].lstrip(), row["context"], ()))
+    if not examples:
+        raise LmforgeError(f"--input {path} has no questions; put one JSON object per line")
+    return examples
+
+
 def _read_question(qa: Any, context: str, where: str) -> SquadExample:
     qid = str(_field(qa, "id", (str, int), where))
     is_impossible = bool(qa.get("is_impossible", False))

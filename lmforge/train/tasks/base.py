@@ -8,18 +8,39 @@ batches, LoRA, the loop, the best checkpoint by `--metric`, early stopping and t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from lmforge.config import option
 from lmforge.errors import LmforgeError
+from lmforge.train.loop import MAX_SIZE
+
+
+@dataclass
+class TaskOptions:
+    """How a task reads and encodes its data: its flags, their help and defaults. Each task's options
+    class adds its own fields to these; `finetune` and `evaluate` take every task's (FinetuneConfig holds
+    them all), `classify` and `answer` their task's, each with the one default declared here."""
+
+    max_length: int = option(
+        128,
+        "tokens per example, special tokens included: a text (classification), a window (qa), "
+        "a source (seq2seq) or a whole conversation (instruct)",
+        ge=3,
+        le=MAX_SIZE,
+    )
 
 
 class FinetuneTask:
     """One task. Subclasses set the class attributes and implement the methods that raise here."""
 
     name: ClassVar[str]  # the --task value
+    options: ClassVar[type[TaskOptions]] = (
+        TaskOptions  # its flags; the config it reads them from has them all
+    )
     builtin: ClassVar[str | None] = None  # the built-in data (lmforge.data.tasks.builtin) used without --data
     metrics: ClassVar[tuple[str, ...]]  # what --metric may choose; the first is the default
     lower_is_better: ClassVar[frozenset[str]] = frozenset()  # metrics where smaller wins (a loss)
@@ -68,9 +89,12 @@ class FinetuneTask:
         """The task's metrics of `model` on labelled examples (and their `encode(training=False)` rows)."""
         raise NotImplementedError
 
-    def load_trained(self, tokenizer) -> torch.nn.Module:
-        """The fine-tuned model at `config.model`, checked to be one this task made."""
+    def load_trained(self, tokenizer, device: torch.device) -> torch.nn.Module:
+        """The fine-tuned model at `config.model` on `device`, checked to be one this task made."""
         raise NotImplementedError
+
+    def check_examples(self, examples: Sequence, path: Path) -> None:
+        """Refuse labelled examples the loaded fine-tuned model cannot be scored on (a label it lacks)."""
 
     def evaluate(self, data: Path) -> dict[str, Any]:
         """The task's metrics of the fine-tuned model `config.model` on a labelled data file."""
@@ -79,8 +103,9 @@ class FinetuneTask:
 
         device = check_device(self.config.device)  # before anything is loaded
         tokenizer = load_tokenizer(self.config.model)
-        model = self.load_trained(tokenizer).to(device)
+        model = self.load_trained(tokenizer, device)
         examples = self.read(data)
+        self.check_examples(examples, data)
         return self.score(model, tokenizer, examples, self.encode(tokenizer, examples, training=False))
 
     def fingerprint(self) -> dict[str, Any]:

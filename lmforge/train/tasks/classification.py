@@ -1,28 +1,42 @@
 """`--task classification`: a pretrained encoder or decoder plus a new classification head, trained end
-to end on labelled text (Devlin et al. 2019, section 4.1); `evaluate` and `classify` with the result.
+to end on labelled text (Devlin et al. 2019, section 4.1).
 
 Data: CSV or JSON Lines of text (and an optional text pair) and label (lmforge/data/tasks/classification.py),
 or the built-in `stdlib-package` task. The loss is the cross-entropy of the head's logits, one term per
 row; the metrics are accuracy and (macro) precision, recall and F1. The model is saved as a
-`*ForSequenceClassification` checkpoint with the label names in its config.
+`*ForSequenceClassification` checkpoint with the label names in its config, which `lmforge classify`
+runs (lmforge/inference/classify.py, whose predictions this task's scores are made of too).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.device import default_device, resolve_dtype
+from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.train.tasks.base import FinetuneTask
+from lmforge.inference.classify import with_pad_id
+from lmforge.train.tasks.base import FinetuneTask, TaskOptions
+
+
+@dataclass
+class ClassificationOptions(TaskOptions):
+    """`--task classification`'s flags (`classify` takes --max-length)."""
+
+    text_column: str = option("text", "classification: the column holding the text")
+    text_pair_column: str | None = option(
+        None, "classification: the column holding a second text (sentence pairs; default: none)"
+    )
+    label_column: str = option("label", "classification: the column holding the label")
 
 
 class ClassificationTask(FinetuneTask):
     name = "classification"
+    options = ClassificationOptions
     builtin = "stdlib-package"
     metrics = ("accuracy", "macro_f1", "val_loss")
     lower_is_better = frozenset({"val_loss"})
@@ -44,6 +58,25 @@ class ClassificationTask(FinetuneTask):
         )
         return with_pad_id(model, tokenizer)
 
+    def load_trained(self, tokenizer, device: torch.device):
+        from lmforge.data.tasks import LabelMap
+        from lmforge.inference.classify import load_trained_classifier
+
+        c = self.config
+        model, _ = load_trained_classifier(c.model, device, allow_nonfinite=c.allow_nonfinite)
+        self.label_map = LabelMap([model.labels.id2label[i] for i in range(model.labels.num_labels)])
+        return model
+
+    def check_examples(self, examples: Sequence, path: Path) -> None:
+        from lmforge.eval.metrics import unknown_label_error
+
+        for e in examples:
+            if e.label not in self.label_map.label2id:
+                line = e.where.rsplit(":", 1)[-1]
+                raise unknown_label_error(
+                    e.label, int(line) if line.isdigit() else 0, self.label_map.names, path
+                )
+
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         from lmforge.data.tasks import encode_classification
 
@@ -62,21 +95,10 @@ class ClassificationTask(FinetuneTask):
         return heads
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
+        from lmforge.inference.classify import predict
+
         predicted = predict(model, features, model.config.pad_token_id, self.config.batch_size)
         return label_metrics(predicted, [f["labels"] for f in features], self.label_map.names)
-
-    def evaluate(self, data: Path) -> dict:
-        c = self.config
-        return evaluate_classifier(
-            c.model,
-            data,
-            max_length=c.max_length,
-            batch_size=c.batch_size,
-            text_column=c.text_column,
-            text_pair_column=c.text_pair_column,
-            label_column=c.label_column,
-            allow_nonfinite=c.allow_nonfinite,
-        )
 
     def fingerprint(self) -> dict:
         return {"labels": self.label_map.names}
@@ -115,122 +137,9 @@ def load_classifier(path: str, label_map, *, allow_nonfinite: bool = False):
     return classifier
 
 
-def with_pad_id(model, tok):
-    """A decoder classifier finds each row's last token by the pad id: give its config one."""
-    if model.config.pad_token_id is None:
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        model.config = model.base.config = dataclasses.replace(model.config, pad_token_id=pad)
-    return model
-
-
 def label_metrics(predicted: list[int], gold: list[int], label_names: list[str]) -> dict:
     """Classification metrics (eval/metrics.py) over label names, for predicted and gold ids."""
     from lmforge.eval.metrics import compute_metrics
 
     names = [label_names[i] for i in predicted], [label_names[i] for i in gold]
     return compute_metrics("classification", *names, labels=label_names)
-
-
-def predict(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> list[int]:
-    """The predicted label id of each feature row."""
-    return predict_logits(model, features, pad_id, batch_size).argmax(-1).tolist()
-
-
-@torch.no_grad()
-def predict_logits(model, features: list[dict], pad_id: int | None, batch_size: int = 32) -> torch.Tensor:
-    """(N, num_labels) float32 logits of the feature rows, on the CPU."""
-    from lmforge.data.tasks import pad_batch
-
-    was_training = model.training
-    model.eval()
-    logits = []
-    device = next(model.parameters()).device
-    for i in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in pad_batch(features[i : i + batch_size], pad_id).items()}
-        logits.append(
-            model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float().cpu()
-        )
-    model.train(was_training)
-    return torch.cat(logits) if logits else torch.zeros(0, model.labels.num_labels)
-
-
-def load_trained_classifier(path: str, device=None, *, allow_nonfinite: bool = False):
-    """(classifier, tokenizer) of a fine-tuned checkpoint; anything else is a one-line error."""
-    from lmforge.hf import load_model
-    from lmforge.models import SequenceClassifier
-    from lmforge.tokenizers import load_tokenizer
-
-    device = device or default_device()
-    model = load_model(
-        path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
-    )
-    if not isinstance(model, SequenceClassifier):
-        raise LmforgeError(
-            f"{path} is not a sequence classifier ({type(model).__name__}); "
-            "fine-tune one first with `lmforge finetune --task classification`"
-        )
-    tok = load_tokenizer(path)
-    return with_pad_id(model, tok), tok
-
-
-def evaluate_classifier(
-    model_dir: str,
-    data: str,
-    *,
-    max_length: int = 512,
-    batch_size: int = 32,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
-    allow_nonfinite: bool = False,
-) -> dict:
-    """Classification metrics of a fine-tuned model on a labelled CSV/JSONL file."""
-    from lmforge.data.tasks import LabelMap, encode_classification, read_classification
-    from lmforge.eval.metrics import unknown_label_error
-
-    model, tok = load_trained_classifier(model_dir, allow_nonfinite=allow_nonfinite)
-    examples = read_classification(
-        data, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column
-    )
-    names = [model.labels.id2label[i] for i in range(model.labels.num_labels)]
-    for e in examples:
-        if e.label not in names:
-            line = int(e.where.rsplit(":", 1)[-1]) if e.where.rsplit(":", 1)[-1].isdigit() else 0
-            raise unknown_label_error(e.label, line, names, data)
-    features = encode_classification(tok, examples, LabelMap(names), max_length=max_length)
-    predicted = predict(model, features, model.config.pad_token_id, batch_size)
-    return label_metrics(predicted, [f["labels"] for f in features], names)
-
-
-def classify_texts(
-    model_dir: str, texts: list[str], *, max_length: int = 512, batch_size: int = 32
-) -> list[str]:
-    """The predicted label name of each text."""
-    ranked = label_scores(model_dir, texts, max_length=max_length, batch_size=batch_size)
-    return [labels[0][0] for labels in ranked]
-
-
-def label_scores(
-    model_dir: str,
-    texts: list[str],
-    *,
-    max_length: int = 512,
-    batch_size: int = 32,
-    allow_nonfinite: bool = False,
-) -> list[list[tuple[str, float]]]:
-    """Each text's (label name, probability) pairs, the most probable (the prediction) first.
-
-    The probabilities are the softmax of the logits, as a `transformers` text-classification pipeline's
-    scores; the order is the logits' (ties keep the label order, as argmax does).
-    """
-    model, tok = load_trained_classifier(model_dir, allow_nonfinite=allow_nonfinite)
-    features = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok.encode_inputs(texts[i : i + batch_size], max_length=max_length)
-        for j, mask in enumerate(enc["attention_mask"]):
-            n = sum(mask)
-            features.append({k: enc[k][j][:n] for k in ("input_ids", "token_type_ids", "attention_mask")})
-    logits = predict_logits(model, features, model.config.pad_token_id, batch_size)
-    probs, order = logits.softmax(-1), logits.argsort(dim=-1, descending=True, stable=True)
-    names = model.labels.id2label
-    return [[(names[i], probs[row, i].item()) for i in order[row].tolist()] for row in range(len(features))]

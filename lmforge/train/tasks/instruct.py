@@ -11,17 +11,34 @@ prompt (everything before its last reply) and compares the text with that reply:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmforge.config import option
 from lmforge.errors import LmforgeError
+from lmforge.train.loop import MAX_SIZE
 from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
-from lmforge.train.tasks.base import FinetuneTask
+from lmforge.train.tasks.base import FinetuneTask, TaskOptions
+
+
+@dataclass
+class InstructOptions(TaskOptions):
+    """`--task instruct`'s flags."""
+
+    max_target_length: int = option(
+        64,
+        "seq2seq and instruct: tokens per target, end-of-sequence included (seq2seq), and the most "
+        "generated for each reply scored at validation (both)",
+        ge=1,
+        le=MAX_SIZE,
+    )
 
 
 class InstructTask(FinetuneTask):
     name = "instruct"
+    options = InstructOptions
     builtin = "stdlib-instruct"
     metrics = ("val_loss", "rougeL", "rouge1", "rouge2", "bleu")
     lower_is_better = frozenset({"val_loss"})
@@ -39,11 +56,11 @@ class InstructTask(FinetuneTask):
         ensure_chat_template(tokenizer)  # saved with every checkpoint, so the model keeps its format
         return _decoder(self.config.model, self.config.allow_nonfinite)
 
-    def load_trained(self, tokenizer):
+    def load_trained(self, tokenizer, device: torch.device):
         from lmforge.data.tasks import ensure_chat_template
 
         ensure_chat_template(tokenizer)
-        return _decoder(self.config.model, self.config.allow_nonfinite)
+        return _decoder(self.config.model, self.config.allow_nonfinite).to(device)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         return reply_features(tokenizer, examples, self.config.max_length)
@@ -113,14 +130,11 @@ def prompt_and_reply(tokenizer, conversation) -> tuple[list[int], str]:
     return prompt, messages[last]["content"]
 
 
-@torch.no_grad()
 def complete(model, tokenizer, prompts: Sequence[list[int]], config) -> list[str]:
     """Greedy replies to prompt ids (batched; a prompt too long is cut in its middle, as in training)."""
     from lmforge.data.tasks.instruct import fit_prompt
-    from lmforge.inference.generate import GenerationConfig, generate_ids
+    from lmforge.inference.texts import generate_texts
 
-    eos = {tokenizer.eos_token_id}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     new = config.max_target_length
     room = model.config.max_seq_len - new
     if room < 1:
@@ -128,17 +142,5 @@ def complete(model, tokenizer, prompts: Sequence[list[int]], config) -> list[str
             f"--max-target-length {new} leaves no room for a prompt in the model's {model.config.max_seq_len} "
             "tokens; pass a smaller --max-target-length"
         )
-    was_training = model.training
-    model.eval()
-    replies = []
-    generation = GenerationConfig(max_new_tokens=new, temperature=0.0)
-    for i in range(0, len(prompts), config.batch_size):
-        batch = [fit_prompt(p, room) for p in prompts[i : i + config.batch_size]]
-        rows: list[list[int]] = [[] for _ in batch]
-        for step in generate_ids(model, batch, generation, eos_token_ids=eos, pad_token_id=pad):
-            for row, token in enumerate(step):
-                if token is not None and token not in eos:
-                    rows[row].append(token)
-        replies += [tokenizer.decode(r).strip() for r in rows]
-    model.train(was_training)
-    return replies
+    prompts = [fit_prompt(p, room) for p in prompts]
+    return generate_texts(model, tokenizer, prompts, max_new_tokens=new, batch_size=config.batch_size)

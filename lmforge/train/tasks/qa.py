@@ -8,23 +8,35 @@ is the mean of the start and end cross-entropies, one term per window. Scoring m
 span over its windows back to context text (at most --max-answer-length tokens); when the data has
 unanswerable questions (v2.0), "no answer" wins when its score beats the best span's. The metrics are the
 official scripts' exact match and F1 (eval/metrics.py), with the HasAns/NoAns groups on v2.0 data.
+The windows and the span search are lmforge/inference/answer.py's, which `lmforge answer` runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.device import default_device, resolve_dtype
+from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.train.tasks.base import FinetuneTask
+from lmforge.train.loop import MAX_SIZE
+from lmforge.train.tasks.base import FinetuneTask, TaskOptions
+
+
+@dataclass
+class QAOptions(TaskOptions):
+    """`--task qa`'s flags, which `answer` takes too."""
+
+    stride: int = option(64, "qa: tokens shared by consecutive windows of a long context", ge=0, le=MAX_SIZE)
+    max_answer_length: int = option(30, "qa: the longest answer, in tokens", ge=1, le=MAX_SIZE)
 
 
 class QATask(FinetuneTask):
     name = "qa"
+    options = QAOptions
     builtin = "stdlib-qa"
     metrics = ("f1", "exact", "val_loss")
     lower_is_better = frozenset({"val_loss"})
@@ -38,14 +50,17 @@ class QATask(FinetuneTask):
     def build_model(self, tokenizer, train: list):
         return load_span_model(self.config.model, allow_nonfinite=self.config.allow_nonfinite)
 
-    def load_trained(self, tokenizer):
-        return load_trained_span_model(self.config.model, allow_nonfinite=self.config.allow_nonfinite)
+    def load_trained(self, tokenizer, device: torch.device):
+        from lmforge.inference.answer import load_trained_span_model
+
+        return load_trained_span_model(self.config.model, device, allow_nonfinite=self.config.allow_nonfinite)
 
     def encode(self, tokenizer, examples: Sequence, *, training: bool) -> list[dict]:
         """Training: one row per window with start_positions/end_positions. Scoring: one row per window
         with its `example_index` and `offsets` (each token's character span in the context, or None),
         which `score` needs to map logits back to text."""
         from lmforge.data.tasks import prepare_squad_train
+        from lmforge.inference.answer import scoring_rows
 
         c = self.config
         if training:
@@ -60,6 +75,7 @@ class QATask(FinetuneTask):
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
         from lmforge.eval.metrics import compute_metrics
+        from lmforge.inference.answer import predict_answers
 
         # v2.0 data (some question has no answer) lets the model answer nothing; v1.1 always answers.
         is_v2 = any(e.is_impossible or not e.answers for e in examples)
@@ -111,122 +127,3 @@ def load_span_model(path: str, *, allow_nonfinite: bool = False):
             "--task qa needs a BERT-family encoder (BERT, RoBERTa, MiniLM)"
         )
     return SpanQA.from_base(model)
-
-
-def load_trained_span_model(path: str, device=None, *, allow_nonfinite: bool = False):
-    """A fine-tuned span QA checkpoint; anything else is a one-line error."""
-    from lmforge.hf import load_model
-    from lmforge.models import SpanQA
-
-    device = device or default_device()
-    model = load_model(
-        path, dtype=resolve_dtype(None, device), device=device, allow_nonfinite=allow_nonfinite
-    )
-    if not isinstance(model, SpanQA):
-        raise LmforgeError(
-            f"{path} is not a question-answering model ({type(model).__name__}); "
-            "fine-tune one first with `lmforge finetune --task qa`"
-        )
-    return model
-
-
-@torch.no_grad()
-def predict_answers(
-    model,
-    examples: Sequence,
-    features: list[dict],
-    *,
-    batch_size: int = 32,
-    max_answer_length: int = 30,
-    null_threshold: float | None = 0.0,
-) -> dict[str, str]:
-    """{question id: answer text ("" for no answer)} from the scoring rows of `QATask.encode`."""
-    from lmforge.data.tasks import SquadWindow, pad_batch, postprocess_squad
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = ("input_ids", "token_type_ids", "attention_mask")
-    starts, ends = [], []
-    for i in range(0, len(features), batch_size):
-        rows = features[i : i + batch_size]
-        batch = pad_batch([{k: f[k] for k in inputs} for f in rows], model.config.pad_token_id)
-        start, end = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
-        for f, s, e in zip(rows, start.float().tolist(), end.float().tolist()):
-            n = len(f["input_ids"])  # padding positions are no span's
-            starts.append(s[:n])
-            ends.append(e[:n])
-    model.train(was_training)
-    windows = [SquadWindow(f["example_index"], f["offsets"]) for f in features]
-    return postprocess_squad(
-        examples, windows, starts, ends, max_answer_length=max_answer_length, null_threshold=null_threshold
-    )
-
-
-def scoring_rows(tokenizer, examples: Sequence, *, max_length: int, stride: int) -> list[dict]:
-    """One row per window: its features, `example_index` and `offsets` (each token's character span in
-    the context, or None). The offsets never reach the model: `predict_answers` batches the inputs alone."""
-    from lmforge.data.tasks import prepare_squad_eval
-
-    features, windows = prepare_squad_eval(tokenizer, examples, max_length=max_length, stride=stride)
-    return [{**f, "example_index": w.example_index, "offsets": w.offsets} for f, w in zip(features, windows)]
-
-
-def read_questions(path: str | Path) -> list:
-    """Questions to answer: a SQuAD JSON file, or JSON Lines of {"question", "context"} (each question's
-    id is its "file:line")."""
-    import json
-
-    from lmforge.data.readers import jsonl_objects
-    from lmforge.data.tasks import SquadExample, read_squad
-
-    path = Path(path)
-    try:
-        # errors="replace": a stray invalid byte must not hide a SQuAD file (read_squad counts it)
-        document = json.loads(path.read_bytes().decode("utf-8-sig", errors="replace"))
-    except OSError as e:
-        raise LmforgeError(
-            f"cannot read --input {path}: {e.strerror}; pass a JSON Lines or SQuAD JSON file"
-        ) from None
-    except ValueError:  # several lines of JSON: JSON Lines (whose reader names any fault)
-        document = None
-    if isinstance(document, dict) and "data" in document:
-        return read_squad(path)
-    examples = []
-    for where, row in jsonl_objects(path):
-        for field in ("question", "context"):
-            if not isinstance(row.get(field), str):
-                raise LmforgeError(
-                    f'{where} has no text field {field!r}; each line needs {{"question": ..., "context": ...}}'
-                )
-        examples.append(SquadExample(where, row["question"].lstrip(), row["context"], ()))
-    if not examples:
-        raise LmforgeError(f"--input {path} has no questions; put one JSON object per line")
-    return examples
-
-
-def answer_questions(
-    model_dir: str,
-    examples: Sequence,
-    *,
-    max_length: int = 384,
-    stride: int = 128,
-    max_answer_length: int = 30,
-    batch_size: int = 32,
-    always_answer: bool = False,
-    allow_nonfinite: bool = False,
-) -> list[str]:
-    """The answer of each question, in order: a span of its context, or "" for "no answer"."""
-    from lmforge.tokenizers import load_tokenizer
-
-    model = load_trained_span_model(model_dir, allow_nonfinite=allow_nonfinite)
-    tokenizer = load_tokenizer(model_dir)
-    predictions = predict_answers(
-        model,
-        examples,
-        scoring_rows(tokenizer, examples, max_length=max_length, stride=stride),
-        batch_size=batch_size,
-        max_answer_length=max_answer_length,
-        null_threshold=None if always_answer else 0.0,
-    )
-    return [predictions[e.id] for e in examples]

@@ -17,18 +17,33 @@ on the target tokens only, greedy completions of the prompt at validation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.train.loss import causal_lm_loss, seq2seq_loss
 from lmforge.train.tasks.base import FinetuneTask
-from lmforge.train.tasks.instruct import is_causal_lm, reply_features, score_replies
+from lmforge.train.tasks.instruct import InstructOptions, is_causal_lm, reply_features, score_replies
+
+
+@dataclass
+class Seq2SeqOptions(InstructOptions):
+    """`--task seq2seq`'s flags: instruct's (a decoder-only model learns the pairs as instruct does), and
+    where the pairs are."""
+
+    source_field: str = option("source", "seq2seq: the JSON field holding the input text")
+    target_field: str = option("target", "seq2seq: the JSON field holding the output text")
+    source_prefix: str = option(
+        "", 'seq2seq: text put before every source, as T5 does ("summarize: "; default: none)'
+    )
 
 
 class Seq2SeqTask(FinetuneTask):
     name = "seq2seq"
+    options = Seq2SeqOptions
     builtin = "stdlib-docstring"
     metrics = ("rougeL", "rouge1", "rouge2", "bleu", "val_loss")
     lower_is_better = frozenset({"val_loss"})
@@ -48,8 +63,8 @@ class Seq2SeqTask(FinetuneTask):
     def build_model(self, tokenizer, train: list):
         return self._model(tokenizer, "fine-tuned for seq2seq")
 
-    def load_trained(self, tokenizer):
-        return self._model(tokenizer, "evaluated with --task seq2seq")
+    def load_trained(self, tokenizer, device: torch.device):
+        return self._model(tokenizer, "evaluated with --task seq2seq").to(device)
 
     def _model(self, tokenizer, what: str):
         from lmforge.data.tasks import ensure_chat_template
@@ -86,12 +101,15 @@ class Seq2SeqTask(FinetuneTask):
 
     def score(self, model, tokenizer, examples: Sequence, features: list[dict]) -> dict:
         from lmforge.eval.metrics import compute_metrics
+        from lmforge.inference.texts import generate_texts
 
         c = self.config
         if self.decoder_only:
             return score_replies(model, tokenizer, _conversations(examples), c)
         sources = [f["input_ids"] for f in features]
-        outputs = generate_targets(model, tokenizer, sources, c.max_target_length, c.batch_size)
+        outputs = generate_texts(
+            model, tokenizer, sources, max_new_tokens=c.max_target_length, batch_size=c.batch_size
+        )
         return compute_metrics("seq2seq", outputs, [e.target for e in examples])
 
     def describe(self, train: list, validation: list) -> str:
@@ -109,34 +127,3 @@ def _conversations(examples: Sequence) -> list:
         )
         for e in examples
     ]
-
-
-@torch.no_grad()
-def generate_targets(
-    model, tokenizer, sources: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32
-) -> list[str]:
-    """The greedy output text of each source (token ids), decoded in batches of similar lengths."""
-    from lmforge.inference.generate import GenerationConfig, generate_ids
-
-    eos = {i for i in (tokenizer.eos_token_id, model.config.eos_token_id) if i is not None}
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    # Sources sorted by length pad little; the encoder masks what padding is left, so the order is no matter.
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs = [""] * len(sources)
-    was_training = model.training
-    model.eval()
-    for begin in range(0, len(order), batch_size):
-        rows = order[begin : begin + batch_size]
-        ids: list[list[int]] = [[] for _ in rows]
-        steps = generate_ids(
-            model, [sources[i] for i in rows], generation, eos_token_ids=eos, pad_token_id=pad
-        )
-        for step in steps:
-            for row, token in enumerate(step):
-                if token is not None and token not in eos:
-                    ids[row].append(token)
-        for row, i in enumerate(rows):
-            outputs[i] = tokenizer.decode(ids[row]).strip()
-    model.train(was_training)
-    return outputs
