@@ -55,7 +55,6 @@ def cmd_generate(args) -> None:
     import lmforge
     from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
-    from lmforge.inference.generate import sampling_defaults
 
     recipe = cfg.load_recipe(args.config) if args.config else None
     cfg.build(GenerationConfig, args, recipe)  # bad settings are one line before the model loads
@@ -72,7 +71,7 @@ def cmd_generate(args) -> None:
         allow_nonfinite=args.allow_nonfinite,
     )
     tok = lmforge.load_tokenizer(args.model)
-    gen = cfg.build(GenerationConfig, args, {**sampling_defaults(model), **(recipe or {})})
+    gen = cfg.build(GenerationConfig, args, {**model.sampling_defaults(), **(recipe or {})})
     gen.stop = [clean_input(stop, "--stop") for stop in gen.stop]
     timings: dict = {}
     # --echo: the prompt, then its continuation, as a transformers pipeline's full text; a chat reply is
@@ -100,7 +99,6 @@ def cmd_chat(args) -> None:
     from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
     from lmforge.inference.chat import CHAT_DEFAULTS, COMMANDS, ChatSession, chat_loop
-    from lmforge.inference.generate import sampling_defaults
 
     recipe = cfg.load_recipe(args.config) if args.config else {}
     cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **recipe})  # bad settings: one line, before loading
@@ -112,7 +110,7 @@ def cmd_chat(args) -> None:
         allow_nonfinite=args.allow_nonfinite,
     )
     tok = lmforge.load_tokenizer(args.model)
-    gen = cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **sampling_defaults(model), **recipe})
+    gen = cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **model.sampling_defaults(), **recipe})
     system = clean_input(args.system, "--system") if args.system else None
     session = ChatSession(model, tok, gen, system=system)
     if sys.stdin.isatty():
@@ -700,9 +698,13 @@ EXPORT_FORMATS = ("gguf",)
 def cmd_export(args) -> None:
     if args.format not in EXPORT_FORMATS:
         raise LmforgeError(f"unknown export format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
-    from lmforge.gguf.writer import export_gguf
+    import lmforge
+    from lmforge.gguf.writer import check_gguf_out, write_gguf
 
-    out = export_gguf(args.model, args.out, dtype=args.dtype)
+    check_gguf_out(args.out, args.dtype)  # before the model loads
+    model, tok = lmforge.load_model(args.model), lmforge.load_tokenizer(args.model)
+    name = Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
+    out = write_gguf(model, tok, args.out, dtype=args.dtype, name=name)
     print(f"wrote {args.model} as GGUF ({args.dtype}) to {out}")
 
 

@@ -39,7 +39,6 @@ from lmforge.gguf.reader import (
     SAMPLING_KEYS,
 )
 from lmforge.gguf.tokenizer import CONTROL, GPT2_SPLIT, PRE_TOKENIZERS, USER_DEFINED
-from lmforge.inference.generate import sampling_defaults
 from lmforge.nn.position import rope_frequencies
 
 Q = gguf.GGMLQuantizationType
@@ -57,21 +56,9 @@ _LAYER_NAMES = {ours: theirs for theirs, ours in LAYER_TENSORS.items()}
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
 
 
-def export_gguf(name_or_path: str | Path, out: str | Path, *, dtype: str = "f16") -> Path:
-    """Load a model and its tokenizer (any name `load_model` takes) and write them as one GGUF file."""
-    from lmforge.hf import load_model
-    from lmforge.tokenizers import load_tokenizer
-
-    _check_out(out, dtype)
-    model = load_model(name_or_path)
-    tokenizer = load_tokenizer(name_or_path)
-    name = Path(str(name_or_path).rstrip("/")).name.removesuffix(".gguf")
-    return write_gguf(model, tokenizer, out, dtype=dtype, name=name)
-
-
 def write_gguf(model, tokenizer, out: str | Path, *, dtype: str = "f16", name: str | None = None) -> Path:
     """Write a llama or GPT-2 model with its tokenizer as a GGUF file (replaced whole, never half-written)."""
-    out = _check_out(out, dtype)
+    out = check_gguf_out(out, dtype)
     config = model.config
     arch = getattr(config, "model_type", None)
     if arch not in ("llama", "gpt2"):
@@ -98,7 +85,8 @@ def write_gguf(model, tokenizer, out: str | Path, *, dtype: str = "f16", name: s
     return out
 
 
-def _check_out(out: str | Path, dtype: str) -> Path:
+def check_gguf_out(out: str | Path, dtype: str) -> Path:
+    """`out` as a Path, or one line: an unknown dtype, a name without .gguf, a directory."""
     if dtype not in DTYPES:
         raise LmforgeError(f"unknown GGUF dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     out = Path(out)
@@ -212,7 +200,7 @@ def add_tokenizer(writer, tokenizer, model) -> None:
     writer.add_add_eos_token(add_eos)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-    sampling = sampling_defaults(model)
+    sampling = model.sampling_defaults()
     for ours, key in SAMPLING_KEYS:
         if ours in sampling:
             (writer.add_int32 if ours == "top_k" else writer.add_float32)(key, sampling[ours])

@@ -61,24 +61,6 @@ class GenerationConfig:
             raise LmforgeError(f"stop must be a list of non-empty strings, got {self.stop!r}")
 
 
-# generation_config.json's sampling settings, as GenerationConfig fields of the same meaning.
-SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
-
-
-def sampling_defaults(model) -> dict:
-    """The checkpoint's own sampling settings (its generation_config.json), as defaults for the flags:
-    `do_sample: false` means greedy; keys of the wrong type are left out, not trusted."""
-    saved = getattr(model, "generation_config", None) or {}
-    defaults = {
-        k: saved[k]
-        for k in SAMPLING_KEYS
-        if isinstance(saved.get(k), (int, float)) and not isinstance(saved.get(k), bool)
-    }
-    if saved.get("do_sample") is False:
-        defaults["temperature"] = 0.0
-    return defaults
-
-
 def generate_ids(
     model,
     prompts: list[list[int]],

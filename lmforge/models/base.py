@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# generation_config.json's sampling settings: GenerationConfig fields of the same name and meaning.
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
+
 
 class PretrainedModel(nn.Module):
     @property
@@ -21,6 +24,20 @@ class PretrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def sampling_defaults(self) -> dict:
+        """The checkpoint's own sampling settings (its generation_config.json, kept as
+        `generation_config` by the loader), as GenerationConfig fields: defaults for the flags.
+        `do_sample: false` means greedy; values of the wrong type are left out, not trusted."""
+        saved = getattr(self, "generation_config", None) or {}
+        defaults = {
+            k: saved[k]
+            for k in SAMPLING_KEYS
+            if isinstance(saved.get(k), int | float) and not isinstance(saved.get(k), bool)
+        }
+        if saved.get("do_sample") is False:
+            defaults["temperature"] = 0.0
+        return defaults
 
     def set_dropout(self, p: float) -> None:
         """Train with dropout probability `p` everywhere the family has dropout (residual, attention,

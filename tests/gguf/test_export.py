@@ -21,10 +21,17 @@ from tokenizers import Regex, pre_tokenizers, processors
 import lmforge
 from lmforge.errors import LmforgeError
 from lmforge.gguf.tokenizer import LLAMA3_SPLIT
-from lmforge.gguf.writer import export_gguf, write_gguf
+from lmforge.gguf.writer import write_gguf
 from lmforge.tokenizers import Tokenizer, train_tokenizer
 
 Q = gguf.GGMLQuantizationType
+
+
+def export_gguf(folder, out, *, dtype: str):
+    """What `lmforge export` does: load a checkpoint and its tokenizer, write them as one GGUF file."""
+    return write_gguf(lmforge.load_model(folder), lmforge.load_tokenizer(folder), out, dtype=dtype)
+
+
 VOCAB = 400
 MIXED = [
     "def area(r):\n    return 3.14159 * r ** 2  # 12345\n\n\n",
@@ -272,9 +279,8 @@ def test_generation_config_ids_and_sampling_defaults_travel_in_the_file(tmp_path
     model = lmforge.load_model(export_gguf(folder, tmp_path / "gen.gguf", dtype="f32"))
     # EOS is the tokenizer's (<|endoftext|>, id 0); the config's other end ids become end of turn / message.
     assert model.config.eos_token_id == 0 and model.generation_config["eos_token_id"] == [0, 2, 5]
-    from lmforge.inference.generate import sampling_defaults
 
-    assert sampling_defaults(model) == {
+    assert model.sampling_defaults() == {
         "temperature": 0.7,
         "top_k": 20,
         "top_p": 0.9,

@@ -84,7 +84,6 @@ def test_its_sampling_settings_are_the_defaults_a_flag_overrides(tmp_path):
     from conftest import make_hf_llama
     from lmforge_cli import run_lmforge
 
-    from lmforge.inference.generate import sampling_defaults
     from lmforge.tokenizers import train_tokenizer
 
     tok = train_tokenizer(iter(["a small corpus of words for a tokenizer"] * 20), vocab_size=300, kind="bpe")
@@ -93,7 +92,7 @@ def test_its_sampling_settings_are_the_defaults_a_flag_overrides(tmp_path):
     path = tmp_path / "generation_config.json"
     saved = json.loads(path.read_text())
     path.write_text(json.dumps({**saved, "do_sample": False, "top_k": "many", "repetition_penalty": 1.3}))
-    assert sampling_defaults(load_model(tmp_path)) == {"temperature": 0.0, "repetition_penalty": 1.3}
+    assert load_model(tmp_path).sampling_defaults() == {"temperature": 0.0, "repetition_penalty": 1.3}
 
     def generate(*flags):
         result = run_lmforge(
