@@ -159,26 +159,34 @@ def save_adapter(model, out_dir: str | Path, *, base_model_name_or_path: str | N
         saved_modules.add(_parent(hf_key))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    base = base_model_name_or_path or getattr(model, "name_or_path", None)
+    adapter_config = _adapter_config(model, base, _short_names(targets, names.every_hf_module() | targets))
+    adapter_config["modules_to_save"] = sorted(saved_modules) or None
+    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+
+
+def _adapter_config(model, base_model_name_or_path: str | None, target_modules) -> dict:
+    """adapter_config.json as PEFT writes it for the model's LoRA settings (modules_to_save: the caller's)."""
+    config = model.lora_config
     alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
-    adapter_config = {
+    return {
         "peft_type": "LORA",
         "task_type": TASK_TYPES.get(model.config.model_type),
-        "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
+        "base_model_name_or_path": base_model_name_or_path,
         "r": config.r,
         "lora_alpha": alpha,
         "lora_dropout": config.dropout,
         "use_rslora": config.use_rslora,
-        "target_modules": _short_names(targets, names.every_hf_module() | targets),
-        "modules_to_save": sorted(saved_modules) or None,
+        "target_modules": target_modules,
+        "modules_to_save": None,
         "bias": "none",
         "fan_in_fan_out": model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights as (in, out)
         "init_lora_weights": True,
         "inference_mode": True,
         **UNSUPPORTED,
     }
-    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(tensors, out_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
 
 
 def _fused_adapter(model, hf_module: str, parts: tuple[str, ...], targets: list[str]) -> dict:
