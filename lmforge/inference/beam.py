@@ -99,18 +99,23 @@ def beam_search(
         _add_finished(finished, is_done, batch, top_scores / norm, ends, beams, tokens)
         if is_last:
             break
-        running = top_scores + ends.float() * IMPOSSIBLE
-        keep = running.topk(N).indices  # (B, N): the best candidates that go on
-        scores = running.gather(1, keep)
-        rows = (first_row + beams.gather(1, keep)).view(-1)
-        batch.reorder(rows)
-        if cache is not None:
-            cache.reorder(rows)
-        batch.append(tokens.gather(1, keep).view(-1))
+        scores = _go_on(batch, cache, top_scores + ends.float() * IMPOSSIBLE, first_row + beams, tokens, N)
         _update_done(is_done, finished, (scores[:, 0] / norm).tolist())
         if all(is_done):
             break
     return [hyps.best() for hyps in finished]
+
+
+def _go_on(batch, cache, running, rows, tokens, n: int) -> torch.Tensor:
+    """Keep each prompt's n best running candidates of (B, K): the buffer's and the cache's rows move to
+    the beams they continue and their tokens are appended; returns their scores (B, n)."""
+    keep = running.topk(n).indices  # (B, n)
+    rows = rows.gather(1, keep).view(-1)
+    batch.reorder(rows)
+    if cache is not None:
+        cache.reorder(rows)
+    batch.append(tokens.gather(1, keep).view(-1))
+    return running.gather(1, keep)
 
 
 def _add_finished(finished, is_done, batch, normalized, ends, beams, tokens) -> None:
