@@ -59,8 +59,8 @@ class Feed:
     (B, n_heads, T, S); None is every key, or SDPA's own causal mask with `is_causal`.
     positions: position ids (B, T); slots: where the tokens sit in their rows (B, T), the cache slots
     or 0..T-1 without a cache (B may be 1 in both); n_keys: S, the keys attended.
-    cache: where the new keys and values go (None: nowhere); start: the slot every row's tokens
-    start at, when the cache's rows are aligned (one slice write instead of a scatter).
+    cache: where the new keys and values go (None: nowhere): at `index` (B, n_kv_heads, T, d_head),
+    the slots repeated for a scatter, or from `start` on in every row when the rows are aligned.
     """
 
     mask: torch.Tensor | None = None
@@ -69,6 +69,7 @@ class Feed:
     slots: torch.Tensor | None = None
     n_keys: int | None = None
     cache: KVCache | None = None
+    index: torch.Tensor | None = None
     start: int | None = None
 
     @classmethod

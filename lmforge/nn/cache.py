@@ -92,7 +92,9 @@ class KVCache:
             mask = self.valid[:, None, None, :n_keys]
         else:
             mask = causal_mask(slots, n_keys, self.valid[:, :n_keys])
-        return Feed(mask, positions=positions, slots=slots, n_keys=n_keys, cache=self)
+        rows, n_kv_heads, _, d_head = self.keys[0].shape
+        index = slots[:, None, :, None].expand(rows, n_kv_heads, n, d_head)  # one for every layer's scatter
+        return Feed(mask, positions=positions, slots=slots, n_keys=n_keys, cache=self, index=index)
 
     def _feed_aligned(self, n: int) -> Feed:
         start, n_keys = self.end, self._extend(n)
@@ -131,9 +133,8 @@ class KVCache:
             keys[:, :, feed.start : feed.start + k.shape[2]] = k
             values[:, :, feed.start : feed.start + v.shape[2]] = v
         else:
-            index = feed.slots[:, None, :, None].expand_as(k)  # (B, n_kv_heads, T, d_head)
-            keys.scatter_(2, index, k)
-            values.scatter_(2, index, v)
+            keys.scatter_(2, feed.index, k)
+            values.scatter_(2, feed.index, v)
         return keys[:, :, : feed.n_keys], values[:, :, : feed.n_keys]
 
     def reorder(self, index: torch.Tensor) -> None:
