@@ -248,7 +248,7 @@ def generate_from_ids(
 ):
     """`generate` from prompts already encoded (a chat's conversation): a list of texts, one per
     prompt, or with stream=True (one prompt) an iterator of its text pieces."""
-    eos_token_ids = _eos_token_ids(model, tok)
+    eos_token_ids = eos_token_ids_of(model, tok)
     pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     ended_rows: set[int] = set()
     steps = generate_ids(
@@ -321,7 +321,7 @@ def _with_overrides(config: GenerationConfig | None, overrides: dict) -> Generat
     return config
 
 
-def _eos_token_ids(model, tok) -> frozenset[int]:
+def eos_token_ids_of(model, tok) -> frozenset[int]:
     """The tokenizer's EOS, the model's, and its generation_config.json's (Llama 3 lists several
     there, e.g. end of turn)."""
     ids = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lmforge.inference.generate import GenerationConfig, _eos_token_ids, generate_ids
+from lmforge.inference.generate import GenerationConfig, eos_token_ids_of, generate_ids
 from lmforge.models.base import evaluating
 
 
@@ -29,7 +29,7 @@ def generate_texts(
     skip_special_tokens=False keeps tokens such as T5's <extra_id_0> sentinels in the text.
     """
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, num_beams=num_beams)
-    eos = _eos_token_ids(model, tok)
+    eos = eos_token_ids_of(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)

@@ -9,7 +9,7 @@ from conftest import _quiet_transformers, make_hf_gpt2
 
 from lmforge.errors import LmforgeError
 from lmforge.hf import load_model
-from lmforge.inference.generate import GenerationConfig, _eos_token_ids, generate_ids
+from lmforge.inference.generate import GenerationConfig, eos_token_ids_of, generate_ids
 from lmforge.models import build_model, get_preset
 
 IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
@@ -47,7 +47,7 @@ def test_generation_config_eos_ends_generation_and_survives_a_save(tmp_path):
     path = tmp_path / "hf" / "generation_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "eos_token_id": [0, first]}))
     model = load_model(tmp_path / "hf")
-    eos = _eos_token_ids(model, NoTokenizerEos())
+    eos = eos_token_ids_of(model, NoTokenizerEos())
     assert eos == {0, first}
     steps = list(generate_ids(model, [[1, 2, 3]], config, eos_token_ids=eos))
     assert [s[0] for s in steps] == [first]  # the generation config's EOS ended it
