@@ -12,11 +12,17 @@ import pytest
 from conftest import make_hf_llama
 
 import lmforge
+from lmforge.device import resolve_dtype
 from lmforge.inference import GenerationConfig
 from lmforge.inference.chat import ChatSession
 from lmforge.tokenizers.chat import ensure_chat_template
 
 GREEDY = ["--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"]
+
+
+def load(path):
+    """The model as the command loads it: in LMFORGE_PRECISION's dtype (bf16 under `make test-bf16`)."""
+    return lmforge.load_model(path, dtype=resolve_dtype(None))
 
 
 def chat_model(path, tok, **kw):
@@ -42,7 +48,7 @@ def chat(model_dir, lines: list[str], *flags) -> subprocess.CompletedProcess:
 
 
 def in_process(model_dir, messages: list[str], system=None) -> tuple[list[str], ChatSession]:
-    model, tok = lmforge.load_model(model_dir), lmforge.load_tokenizer(model_dir)
+    model, tok = load(model_dir), lmforge.load_tokenizer(model_dir)
     session = ChatSession(model, tok, GenerationConfig(temperature=0, max_new_tokens=12), system=system)
     return ["".join(session.reply(m)) for m in messages], session
 
@@ -55,7 +61,7 @@ def test_turns_reset_and_system(model_dir):
     assert result.returncode == 0, result.stderr
     first, second = in_process(model_dir, ["hello there", "and what else"])[0]
     # /system keeps the conversation: the last reply is to [hello there, its reply, hi] under it
-    model, tok = lmforge.load_model(model_dir), lmforge.load_tokenizer(model_dir)
+    model, tok = load(model_dir), lmforge.load_tokenizer(model_dir)
     session = ChatSession(model, tok, GenerationConfig(temperature=0, max_new_tokens=12))
     "".join(session.reply("hello there"))
     session.system = "be brief"

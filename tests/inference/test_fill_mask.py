@@ -6,6 +6,7 @@ import torch
 from lmforge_cli import assert_one_line_error, run_lmforge
 
 import lmforge
+from lmforge.device import resolve_dtype
 from lmforge.inference.fill_mask import encode_masked
 
 TEXTS = [
@@ -71,7 +72,8 @@ def test_cli_prints_each_candidate(mlm_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "mask 1:" and lines[4] == "mask 2:" and len(lines) == 8
-    model, tok = lmforge.load_model(mlm_dir), lmforge.load_tokenizer(mlm_dir)
+    # as the command loads it: in LMFORGE_PRECISION's dtype (bf16 under `make test-bf16`)
+    model, tok = lmforge.load_model(mlm_dir, dtype=resolve_dtype(None)), lmforge.load_tokenizer(mlm_dir)
     first = lmforge.fill_mask(model, tok, TEXTS[2], top_k=3)[0][0]
     assert lines[1].startswith(f"{first['score']:.4f}  {first['token_str']!r}")
 
