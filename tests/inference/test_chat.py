@@ -26,9 +26,12 @@ def load(path):
 
 
 def chat_model(path, tok, **kw):
-    ensure_chat_template(tok)
+    """A tiny random Llama with a copy of `tok` (a session fixture, left unchanged) and its chat template."""
     tok.save_pretrained(path)
-    make_hf_llama(path, vocab_size=tok.vocab_size, **kw)
+    copy = lmforge.load_tokenizer(path)
+    ensure_chat_template(copy)
+    copy.save_pretrained(path)
+    make_hf_llama(path, vocab_size=copy.vocab_size, **kw)
     return path
 
 
