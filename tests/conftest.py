@@ -15,6 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # subset a second time with LMFORGE_PRECISION=bfloat16 (.ci/run).
 os.environ.setdefault("LMFORGE_PRECISION", "float32")
 torch.set_num_threads(1)
+# NOTE: one thread in every `python -m lmforge` the tests start, too. Under `pytest -n 2` on 2 cores, two
+# subprocesses with a thread per core each oversubscribe the CPU, and OpenMP's spinning threads made the
+# end-to-end fine-tuning runs 4-25x slower (the seq2seq module: 264 s of CPU instead of 43).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _quiet_transformers():

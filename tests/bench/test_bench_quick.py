@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,6 +34,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_well_formed_results(tmp_path):
     repo_report = ROOT / "BENCHMARKS.md"
     before = repo_report.read_bytes() if repo_report.exists() else None
@@ -83,6 +86,7 @@ def test_smoke_run_writes_well_formed_results(tmp_path):
     assert "Smoke run" in report and results["machine"]["cpu"] in report
 
 
+@pytest.mark.slow
 def test_peak_memory_subprocess_sees_the_model():
     """A 2-step tiny training run raises the peak RSS by a positive, plausible amount (imports excluded),
     even when launched from a large process: a child's ru_maxrss starts at its parent's RSS."""

@@ -60,6 +60,7 @@ def checkpoint(tmp_path_factory):
 # --- generate ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_prints_the_continuation_and_stream_prints_the_same(checkpoint):
     args = [
         "generate",
@@ -78,6 +79,7 @@ def test_generate_prints_the_continuation_and_stream_prints_the_same(checkpoint)
     assert len(full.stdout) > 1
 
 
+@pytest.mark.slow
 def test_generate_echo_prints_the_prompt_then_the_same_continuation(checkpoint):
     args = ["generate", "--model", checkpoint, "--prompt", "def ", "--max-new-tokens", 20, "--temperature", 0]
     plain, echoed, streamed = lmforge(*args), lmforge(*args, "--echo"), lmforge(*args, "--echo", "--stream")
@@ -87,6 +89,7 @@ def test_generate_echo_prints_the_prompt_then_the_same_continuation(checkpoint):
     assert streamed.stdout == echoed.stdout
 
 
+@pytest.mark.slow
 def test_generate_with_a_seed_is_reproducible_and_reads_the_prompt_from_stdin(checkpoint):
     args = [
         "generate",
@@ -178,6 +181,7 @@ def test_bad_generation_options(checkpoint, flags, needle):
     assert_usage_error(lmforge("generate", "--model", checkpoint, *flags), needle)
 
 
+@pytest.mark.slow
 def test_missing_verb_and_missing_required_flag():
     assert_usage_error(lmforge(), "VERB")
     assert_usage_error(lmforge("generate", "--prompt", "hi"), "--model")
@@ -205,6 +209,7 @@ def test_tokenizer_train_writes_a_loadable_tokenizer(tmp_path):
     assert tok.decode(tok.encode(TEXT[:60], add_special_tokens=False)) == TEXT[:60]
 
 
+@pytest.mark.slow
 def test_tokenizer_train_bad_input(tmp_path):
     (tmp_path / "corpus.txt").write_text(TEXT)
     assert_usage_error(
@@ -268,6 +273,7 @@ def corpus(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_pretrain_then_generate_from_the_result(tmp_path, corpus):
     r = lmforge(*PRETRAIN, "--data", corpus, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
@@ -339,6 +345,7 @@ def test_output_path_that_is_a_file(tmp_path, corpus):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_bad_recipe_file(tmp_path, corpus):
     (tmp_path / "recipe.toml").write_text("max_steps = [oops")
     assert_usage_error(
@@ -350,6 +357,7 @@ def test_bad_recipe_file(tmp_path, corpus):
     )
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_directory_refuses_and_keeps_the_first(tmp_path, corpus):
     assert lmforge(*PRETRAIN, "--data", corpus, "--out", tmp_path / "run").returncode == 0
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()

@@ -76,6 +76,7 @@ def test_search_prints_the_top_matches_with_cosine_scores(encoder):
     assert float(lines[1].split("\t")[0]) <= float(score)
 
 
+@pytest.mark.slow
 def test_long_texts_are_truncated_and_counted_unless_no_truncate(encoder, tmp_path):
     model_dir, _ = encoder
     (tmp_path / "long.txt").write_text("short one\n" + "the cat " * 200 + "\n")
@@ -89,6 +90,7 @@ def test_long_texts_are_truncated_and_counted_unless_no_truncate(encoder, tmp_pa
     assert not (tmp_path / "v.npy").exists()
 
 
+@pytest.mark.slow
 def test_empty_and_missing_input_files(encoder, tmp_path):
     model_dir, _ = encoder
     (tmp_path / "empty.txt").write_text("\n  \n")
@@ -104,6 +106,7 @@ def test_empty_and_missing_input_files(encoder, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_decoder_only_model_is_refused(encoder, tmp_path):
     _, corpus = encoder
     build_model(get_preset("tiny")).save_pretrained(tmp_path / "gpt2")
@@ -117,6 +120,7 @@ def test_a_decoder_only_model_is_refused(encoder, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_unwritable_output(encoder, tmp_path):
     model_dir, corpus = encoder
     (tmp_path / "file.txt").write_text("keep")
@@ -142,6 +146,7 @@ def test_read_only_directory(encoder, tmp_path):
         locked.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_bad_search_options(encoder):
     model_dir, corpus = encoder
     assert_usage_error(

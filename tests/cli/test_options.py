@@ -324,6 +324,7 @@ def test_generate_takes_any_integer_seed(tmp_path):
 # --- as users run it: real subprocesses for a few representative cases ----------------------------
 
 
+@pytest.mark.slow
 def test_representative_cases_in_a_real_process(tmp_path, bert_dir):
     (tmp_path / "recipe.toml").write_text('lr = "fast"\n')
     assert_one_line_error(

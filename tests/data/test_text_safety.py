@@ -123,6 +123,7 @@ def decoder(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_generate_with_invalid_bytes_in_argv_and_stdin(decoder):
     common = ["generate", "--model", decoder, "--max-new-tokens", 4, "--temperature", 0, "--echo"]
     result = lmforge_bytes(*common, "--prompt", b"caf\xe9 cr\xe8me", "--stop", b"\xff")
@@ -138,6 +139,7 @@ def test_generate_with_invalid_bytes_in_argv_and_stdin(decoder):
     ]
 
 
+@pytest.mark.slow
 def test_prepare_and_tokenizer_train_on_damaged_files(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -182,6 +184,7 @@ def encoder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_finetune_classify_embed_and_search_with_invalid_bytes(encoder, tmp_path):
     base, data = encoder / "base", encoder / "data"
     result = lmforge_bytes(

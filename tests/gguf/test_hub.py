@@ -37,6 +37,7 @@ def _cache_model(cache, repo_id: str, tok) -> None:
     tok.save_pretrained(snapshot)
 
 
+@pytest.mark.slow
 def test_an_uncached_hub_id_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -45,6 +46,7 @@ def test_an_uncached_hub_id_offline_is_one_line(tmp_path, monkeypatch):
         assert_one_line_error(result, repr(name), "offline", "no cached copy", "pass a checkpoint directory")
 
 
+@pytest.mark.slow
 def test_cached_hub_ids_resolve_offline_with_or_without_a_slash(tmp_path, monkeypatch, tok):
     cache = tmp_path / "hub"
     _cache_model(cache, "gpt2", tok)

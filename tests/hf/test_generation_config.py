@@ -79,6 +79,7 @@ def test_pytorch_model_bin_is_weights_only_and_noted_as_legacy_once(tmp_path, ca
     assert "legacy" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_its_sampling_settings_are_the_defaults_a_flag_overrides(tmp_path):
     """do_sample false: greedy unless --temperature says otherwise; a wrongly typed value is not trusted."""
     from conftest import make_hf_llama

@@ -88,6 +88,7 @@ def test_generate_refuses_a_nonfinite_checkpoint_in_one_line(checkpoint):
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_generate_with_allow_nonfinite_loads_and_warns(checkpoint):
     damage(checkpoint / "model.safetensors", {Q_KV: (float("nan"), 12)})
     args = ("generate", "--model", checkpoint, "--prompt", "hi", "--max-new-tokens", 4)
@@ -100,6 +101,7 @@ def test_generate_with_allow_nonfinite_loads_and_warns(checkpoint):
     assert sampled.returncode == 0 and "Traceback" not in sampled.stderr, sampled.stderr
 
 
+@pytest.mark.slow
 def test_adapter_weights_are_checked_too(checkpoint, tmp_path, capsys):
     from lmforge.hf.peft import load_adapter, save_adapter
     from lmforge.nn.lora import apply_lora

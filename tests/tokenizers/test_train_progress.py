@@ -20,6 +20,7 @@ def corpus(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["unigram", "bpe"])
 def test_tokenizer_train_reports_progress_unless_told_not_to(corpus, tmp_path, kind):
     args = ("tokenizer", "train", "--data", corpus, "--vocab-size", 300, "--kind", kind)
@@ -33,6 +34,7 @@ def test_tokenizer_train_reports_progress_unless_told_not_to(corpus, tmp_path, k
     assert quiet.stdout == shown.stdout.replace(str(tmp_path / "shown"), str(tmp_path / "quiet"))
 
 
+@pytest.mark.slow
 def test_prepare_reports_tokenizer_training_unless_told_not_to(corpus, tmp_path):
     args = ("prepare", "--data", corpus, "--vocab-size", 300, "--tokenizer-kind", "unigram")
     shown = run_lmforge(*args, "--out", tmp_path / "shown")

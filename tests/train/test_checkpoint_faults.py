@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_pretrain_resume import COMMON, data_dir, losses, run  # noqa: F401  (data_dir is a fixture)
+
+pytestmark = pytest.mark.slow  # four pretraining runs in real subprocesses
 
 
 def _digest(directory: Path) -> dict[str, str]:

@@ -15,6 +15,8 @@ from test_pretrain_resume import COMMON, data_dir, losses, run  # noqa: F401  (d
 
 from lmforge.train.checkpoint import _write_manifest
 
+pytestmark = pytest.mark.slow  # a pretraining run, then a resume in a real subprocess per damage
+
 STEPS = 12
 
 

@@ -96,6 +96,7 @@ TWO_SENTENCES = "I love you\nI miss you\n"
 TINY_FLAGS = ("--preset", "tiny", "--no-progress", "--precision", "float32", "--sample-tokens", 8)
 
 
+@pytest.mark.slow
 def test_two_sentences_pretrain_and_generate(tmp_path):
     """The seeds' example, as they type it: no --seq-len, no --val-fraction."""
     (tmp_path / "tiny.txt").write_text(TWO_SENTENCES)
@@ -120,6 +121,7 @@ def test_a_corpus_too_small_to_train_names_the_tokens_needed(tmp_path):
     assert_one_line_error(result, "too small", "needs at least 3", "add text")
 
 
+@pytest.mark.slow
 def test_pretrain_takes_val_fraction_and_epochs_and_resumes_to_the_same_length(tmp_path):
     (tmp_path / "corpus.txt").write_text(" ".join(f"word{i % 37} and more" for i in range(400)))
     out = tmp_path / "run"

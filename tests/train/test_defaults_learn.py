@@ -13,6 +13,8 @@ from test_finetune_seq2seq import PREFIX, _splits, write_base_and_data
 from lmforge.device import cpu_has_native_bf16
 from lmforge.eval.metrics import compute_metrics
 
+pytestmark = pytest.mark.slow  # runs of the default length (3 epochs), two of them on the real MiniLM
+
 POSITIVE = {
     "adj": ["great", "wonderful", "excellent", "delightful", "superb", "lovely", "brilliant", "fantastic"],
     "verb": ["loved", "enjoyed", "adored", "liked", "admired"],

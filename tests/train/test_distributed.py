@@ -10,6 +10,8 @@ from test_pretrain_resume import corpus
 
 from lmforge.data.prepare import PrepareConfig, prepare
 
+pytestmark = pytest.mark.slow  # torchrun with two processes, against one process
+
 ARGS = [
     "--preset",
     "tiny",
@@ -53,9 +55,10 @@ def _run(cmd):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, fsdp):
-    single, multi = tmp_path / "single", tmp_path / "multi"
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, data_dir):
+    """The one-process run (batch 8) that DDP and FSDP2 are both compared with."""
+    out = tmp_path_factory.mktemp("single") / "run"
     _run(
         [
             sys.executable,
@@ -68,9 +71,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, 
             "--batch-size",
             "8",
             "--out",
-            str(single),
+            str(out),
         ]
     )
+    return out
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, single, fsdp):
+    multi = tmp_path / "multi"
     _run(
         [
             sys.executable,

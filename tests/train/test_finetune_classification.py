@@ -15,6 +15,8 @@ import lmforge
 from lmforge.models import SequenceClassifier, build_model, get_preset
 from lmforge.tokenizers import train_tokenizer
 
+pytestmark = pytest.mark.slow  # fine-tuning in real subprocesses; most tests share a 150-step run
+
 KEYWORDS = {
     "cooking": ["oven", "flour", "simmer", "recipe", "garlic"],
     "space": ["orbit", "rocket", "planet", "galaxy", "comet"],

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from lmforge.models import build_model, get_preset
 from lmforge.tokenizers import train_tokenizer
 
+pytestmark = pytest.mark.slow  # fine-tuning runs in real subprocesses
+
 WORDS = {"hot": ["sun", "fire", "desert", "summer"], "cold": ["snow", "ice", "winter", "frost"]}
 
 

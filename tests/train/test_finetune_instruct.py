@@ -108,6 +108,7 @@ def trained(setup):
     return out
 
 
+@pytest.mark.slow
 def test_instruction_tuning_beats_copying_the_input(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     print(f"rougeL {metrics['rougeL']:.4f} (copying the input: 0.0)")
@@ -116,6 +117,7 @@ def test_instruction_tuning_beats_copying_the_input(trained):
     assert "<|assistant|>" in lmforge.load_tokenizer(trained).chat_template  # saved with the model
 
 
+@pytest.mark.slow
 def test_generate_chat_answers_a_new_instruction(trained, setup):
     """`generate --chat` writes the prompt with the saved template: the tuned model answers it."""
     prompt = "Name the capital.\n\nitaly"  # an Alpaca row's instruction and input, as training joined them
@@ -130,6 +132,7 @@ def test_generate_chat_answers_a_new_instruction(trained, setup):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_validation_metrics(trained, setup):
     root, _, data = setup
     result = run_lmforge(
@@ -140,6 +143,7 @@ def test_evaluate_reproduces_the_validation_metrics(trained, setup):
     assert json.loads((root / "eval.json").read_text()) == json.loads((trained / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_lora_trains_fused_gpt2_attention_and_saves_a_peft_adapter(setup):
     root, base, data = setup
     out = root / "lora"
@@ -168,6 +172,7 @@ def test_lora_trains_fused_gpt2_attention_and_saves_a_peft_adapter(setup):
     assert merged.config.model_type == "gpt2"
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(setup):
     root, base, data = setup
     run = ("finetune", "--task", "instruct", "--model", base, "--no-progress")
@@ -191,6 +196,7 @@ def test_bad_inputs_exit_2_with_one_line(setup):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_few_steps_under_bf16_autocast(setup, method):
     """bf16 autocast on any CPU: training, validation scoring and the saved model."""

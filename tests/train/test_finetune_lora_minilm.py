@@ -63,6 +63,7 @@ def trained(minilm_path, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_frozen_weights_stay_bit_for_bit(trained, minilm_path):
     base, merged = load_file(minilm_path / "model.safetensors"), load_file(trained / "model.safetensors")
     adapted = {k for k in base if ".attention.self.query." in k or ".attention.self.value." in k}
@@ -77,6 +78,7 @@ def test_frozen_weights_stay_bit_for_bit(trained, minilm_path):
     assert all(".lora_" in k or ".classifier." in k for k in adapter)
 
 
+@pytest.mark.slow
 def test_peft_loads_the_adapter_with_the_same_logits(trained, minilm_path):
     peft = pytest.importorskip("peft")
     import transformers

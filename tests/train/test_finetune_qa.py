@@ -15,6 +15,8 @@ from lmforge.eval.metrics import qa_metrics
 from lmforge.models import SpanQA, build_model, get_preset
 from lmforge.tokenizers import train_tokenizer
 
+pytestmark = pytest.mark.slow  # fine-tuning in real subprocesses; most tests share a 100-step run
+
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 FILLER = ["the", "a", "of", "and", "to", "in", "it", "was", "for", "on", "with", "as", "at", "by", "car"]
 FILLER += ["road", "old", "man", "saw", "near", "town", "house", "drove", "slowly", "past", "park"]

@@ -14,6 +14,8 @@ from lmforge.eval.metrics import compute_metrics
 from lmforge.models import T5, build_model, get_preset
 from lmforge.tokenizers import train_tokenizer
 
+pytestmark = pytest.mark.slow  # fine-tuning in real subprocesses (80 steps of a T5, 250 of a GPT-2)
+
 DETERMINERS = {"the": "le", "a": "un"}
 ADJECTIVES = {"red": "rouge", "green": "vert", "blue": "bleu", "black": "noir", "white": "blanc"}
 NOUNS = {"cat": "chat", "dog": "chien", "car": "voiture", "tree": "arbre", "house": "maison"}

@@ -17,6 +17,7 @@ from lmforge.train.pretrain import PretrainConfig
 SHORT = ["--max-steps", 2, "--seq-len", 32, "--eval-every", 2, "--sample-tokens", 0, "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("preset", "flags", "expected"),
     [

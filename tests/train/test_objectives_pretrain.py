@@ -97,6 +97,7 @@ def _check_learned(out: Path, result: subprocess.CompletedProcess) -> list[float
     return val
 
 
+@pytest.mark.slow
 def test_mlm_pretraining_learns_and_saves_a_loadable_bert(mlm_run):
     out, result = mlm_run
     val = _check_learned(out, result)
@@ -111,6 +112,7 @@ def test_mlm_pretraining_learns_and_saves_a_loadable_bert(mlm_run):
         assert model(ids).shape == (1, ids.shape[1], model.config.vocab_size)  # MLM logits
 
 
+@pytest.mark.slow
 def test_span_pretraining_learns_and_saves_a_loadable_t5(span_run):
     out, result = span_run
     val = _check_learned(out, result)
@@ -128,6 +130,7 @@ def test_span_pretraining_learns_and_saves_a_loadable_t5(span_run):
         assert model(ids, decoder_input_ids=start).shape == (1, 1, model.config.vocab_size)
 
 
+@pytest.mark.slow
 def test_resumed_mlm_run_repeats_the_uninterrupted_one_bit_for_bit(tmp_path, mlm_run):
     data = mlm_run[0] / "data"  # prepared once, by the fixture's run
     args = ["pretrain", "--data", data, *COMMON, "--objective", "mlm", "--preset", "bert-tiny"]

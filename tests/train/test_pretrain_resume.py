@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from lmforge.data.prepare import PrepareConfig, prepare
 
+pytestmark = pytest.mark.slow  # pretraining runs in real subprocesses, killed and resumed
+
 COMMON = [
     "--preset",
     "tiny",

@@ -23,6 +23,7 @@ def stopped(tmp_path_factory, data_dir):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "named", "advice"),
     [
@@ -42,6 +43,7 @@ def test_a_changed_data_order_is_refused_naming_each_change(stopped, data_dir, f
     assert losses(stopped) == before  # nothing trained, nothing lost
 
 
+@pytest.mark.slow
 def test_force_continues_a_changed_batch_from_the_same_sample(stopped, data_dir, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     shutil.copytree(stopped, out)
@@ -59,6 +61,7 @@ def test_force_continues_a_changed_batch_from_the_same_sample(stopped, data_dir,
     assert sorted(losses(out)) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_the_same_values_resume(stopped, data_dir):  # noqa: F811
     result = run("pretrain", "--data", data_dir, *COMMON, "--max-steps", 3, "--out", stopped, "--resume")
     assert result.returncode == 0, result.stderr
@@ -73,6 +76,7 @@ def torchrun(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_one_process_to_two_continues_exactly_under_torchrun(tmp_path, data_dir):  # noqa: F811
     """2 steps in one process (grad-accum 2), then 2 under torchrun: each step equals an uninterrupted
     2-process run's (the same 8 samples a step, split over the processes instead of micro-batches)."""
