@@ -81,7 +81,7 @@ def generate_ids(
     For an encoder-decoder (T5) the prompts are the encoder's inputs: they are encoded once, and the
     decoder generates from its start token (which is not yielded).
     """
-    _check_can_generate(model)
+    check_can_generate(model)
     _check_prompts(model, prompts)
     prompt_len = max(len(p) for p in prompts)
     # The last new token is never fed back, so a full context still yields one more token.
@@ -96,7 +96,7 @@ def generate_ids(
     return _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, ended_rows)
 
 
-def _check_can_generate(model) -> None:
+def check_can_generate(model) -> None:
     """Refuse a model without a decoder (BERT, a classifier): it has no KV cache to decode with."""
     if not hasattr(model, "new_cache"):
         kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
@@ -138,7 +138,7 @@ def _sample_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, 
     capacity = max(len(p) for p in prompts) + max_new
     batch = TokenBuffer(prompts, capacity, pad_token_id, model.device, vocab_size=vocab_size)
     next_logits = _logits_source(model, batch, config, capacity)
-    generator = _new_generator(config.seed, model.device)
+    generator = new_generator(config.seed, model.device)
     is_done = [False] * len(prompts)
     tokens = None
     for _ in range(max_new):
@@ -197,7 +197,7 @@ def _beam_steps(model, prompts, config, max_new, eos_token_ids, pad_token_id, en
         yield [s[i] if i < len(s) and row not in ended_rows else None for row, s in enumerate(sequences)]
 
 
-def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()  # nondeterministic, and independent of the global RNG

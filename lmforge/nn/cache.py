@@ -156,6 +156,17 @@ class KVCache:
         if not self.is_static:
             self.end = int(self.lengths.max())
 
+    def head_rows(self, n: int) -> KVCache:
+        """The first n rows as a cache of their own, sharing this one's storage: a serving engine
+        decodes only the rows up to its last busy one, whatever its capacity in rows."""
+        self._unalign()
+        view = object.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.keys, view.values = [t[:n] for t in self.keys], [t[:n] for t in self.values]
+        view.lengths, view.valid, view.active = self.lengths[:n], self.valid[:n], self.active[:n]
+        view.end = int(view.lengths.max()) if n else 0
+        return view
+
     def admit(self, row: int, source: KVCache, source_row: int = 0) -> None:
         """Put row `source_row` of `source` (a prompt prefilled on a cache of its own) in `row`, which
         then decodes on exactly as that prompt alone would."""

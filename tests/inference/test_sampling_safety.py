@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lmforge.errors import LmforgeError
 from lmforge.inference import GenerationConfig, apply_repetition_penalty, sample_next
-from lmforge.inference.generate import _new_generator
+from lmforge.inference.generate import new_generator
 
 INF = float("inf")
 V = 8
@@ -39,7 +39,7 @@ def test_sampled_ids_are_valid_for_any_logits_and_settings(
     )
     logits = torch.tensor(logits, dtype=torch.float64).to(dtype)  # values past a dtype's range are inf
     seen = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)) < 0.5
-    ids = sample_next(logits, config, _new_generator(config.seed, torch.device("cpu")), seen=seen)
+    ids = sample_next(logits, config, new_generator(config.seed, torch.device("cpu")), seen=seen)
     assert ids.shape == (logits.shape[0],)
     assert ((ids >= 0) & (ids < V)).all()
 
@@ -82,7 +82,7 @@ def test_temperature_and_penalty_on_bf16_logits_equal_float32():
 def test_a_huge_seed_is_reproducible(seed):
     logits = torch.zeros(1, 1000)
     config = GenerationConfig(temperature=1.0, seed=seed)
-    draws = [sample_next(logits, config, _new_generator(seed, torch.device("cpu"))).item() for _ in range(2)]
+    draws = [sample_next(logits, config, new_generator(seed, torch.device("cpu"))).item() for _ in range(2)]
     assert draws[0] == draws[1]
 
 
