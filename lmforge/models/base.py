@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
+
 # generation_config.json's sampling settings: GenerationConfig fields of the same name and meaning.
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
 
@@ -48,6 +50,17 @@ class PretrainedModel(nn.Module):
                 module.p = p
             elif isinstance(getattr(module, "dropout", None), float):  # attention's SDPA dropout_p
                 module.dropout = p
+
+    def set_attention(self, kernel: str) -> None:
+        """Run every attention layer on `kernel`: "sdpa" (PyTorch's fused kernel, the default) or
+        "reference" (the formula written out, lmforge/nn/attention.py: slower, to read and step through)."""
+        from lmforge.nn.attention import ATTENTION_KERNELS, Attention
+
+        if kernel not in ATTENTION_KERNELS:
+            raise LmforgeError(f"unknown attention {kernel!r}; pass one of {', '.join(ATTENTION_KERNELS)}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = kernel
 
     def num_params(self, *, trainable_only: bool = False) -> int:
         """Parameters, counting tied ones once."""

@@ -7,10 +7,15 @@ The tokens of one forward pass reach self-attention as a `Feed`: their position 
 attend with, and where their keys and values go. Without a cache `Feed.uncached` builds it from the
 padding mask; with one, the cache does (`KVCache.feed`, lmforge/nn/cache.py), as it alone knows what
 each row holds. Cross-attention reads a `CrossContext` instead: the other sequence and its padding.
+
+`reference_attention` spells the formula out, one line per step with its shapes, and agrees with the
+fast path within float rounding (tests/nn/test_reference_attention.py); `model.set_attention("reference")`
+(or `--attention reference` on the command line) runs a whole model on it, to step through in a debugger.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.nn.position import apply_rope
+
+ATTENTION_KERNELS = ("sdpa", "reference")  # PyTorch's fused kernel; the formula written out
 
 if TYPE_CHECKING:
     from lmforge.nn.cache import CrossKVCache, KVCache
@@ -49,6 +56,43 @@ def add_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return bias
     # NOTE: the dtype's minimum, not -inf: a row with every key masked then averages instead of NaN.
     return bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k) + M) V, step by step; the arguments of `scaled_dot_product_attention`.
+
+    q (B, n_heads, T, d_head) holds the queries of T tokens; k and v (B, n_kv_heads, S, d_head) the keys
+    and values of the S tokens they may attend to. attn_mask: bool (True = may attend) or float (added
+    to the scores: T5's position bias), broadcastable to (B, n_heads, T, S).
+    """
+    n_heads, d_head = q.shape[1], q.shape[-1]
+    if enable_gqa:  # grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads
+        k = k.repeat_interleave(n_heads // k.shape[1], dim=1)  # (B, n_heads, S, d_head)
+        v = v.repeat_interleave(n_heads // v.shape[1], dim=1)  # (B, n_heads, S, d_head)
+    scale = 1.0 / math.sqrt(d_head) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, n_heads, T, S): how well each query matches each key
+    if is_causal:  # query t sees keys 0..t (the last T of the S keys are the queries' own)
+        T, S = scores.shape[-2:]
+        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # (T, S)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # NOTE: the dtype's minimum, not -inf: a row with every key masked averages instead of NaN.
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    elif attn_mask is not None:
+        scores = scores + attn_mask  # a position bias (and the minimum where masked)
+    probs = scores.softmax(dim=-1)  # (B, n_heads, T, S): each query's weights over the keys sum to 1
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v  # (B, n_heads, T, d_head): the weighted average of the values
 
 
 @dataclass
@@ -154,6 +198,7 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.scale = scale  # of the scores; None is 1 / sqrt(d_head) (T5 uses 1, folded into its init)
         self.layer_idx = layer_idx
+        self.kernel = "sdpa"  # or "reference" (ATTENTION_KERNELS; PretrainedModel.set_attention)
 
     def forward(
         self,
@@ -177,7 +222,8 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k, v = feed.update(self.layer_idx, k, v)
             mask, is_causal = feed.mask, feed.is_causal
-        out = F.scaled_dot_product_attention(
+        attend = reference_attention if self.kernel == "reference" else F.scaled_dot_product_attention
+        out = attend(
             q,
             k,
             v,
