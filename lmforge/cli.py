@@ -360,6 +360,7 @@ def build_parser() -> ArgumentParser:
     _add_model_verbs(verbs)
     _add_export_verb(verbs)
     _add_merge_lora_verb(verbs)
+    _add_serve_verb(verbs)
     return parser
 
 
@@ -717,6 +718,42 @@ def _add_export_verb(verbs) -> None:
         "--dtype", default="f16", help="how matrices are stored: f32, f16 (default) or q8_0 (8-bit blocks)"
     )
     p.set_defaults(func=cmd_export)
+
+
+def cmd_serve(args) -> None:
+    import lmforge
+    from lmforge.device import check_device, resolve_dtype
+    from lmforge.serve.config import ServeConfig
+
+    config = cfg.build(ServeConfig, args)  # bad settings are one line before the model loads
+    if config.api_key is None:
+        config.api_key = os.environ.get("LMFORGE_API_KEY") or None
+    if config.api_key is not None and not config.api_key.strip():
+        raise LmforgeError("--api-key is empty; pass a key, or leave the flag out to serve without one")
+    try:
+        from lmforge.serve.app import serve
+    except ImportError as e:
+        raise LmforgeError(f"lmforge serve needs {e.name}: pip install 'lmforge[serve]'") from None
+    device = check_device(args.device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
+    serve(model, lmforge.load_tokenizer(args.model), config, name=args.model)
+
+
+def _add_serve_verb(verbs) -> None:
+    from lmforge.serve.config import ServeConfig
+
+    p = verbs.add_parser("serve", help="serve a model over HTTP with the OpenAI API (and a chat page at /)")
+    p.add_argument(
+        "--model", required=True, help="a checkpoint directory, a .gguf file or a name (`lmforge models`)"
+    )
+    cfg.add_arguments(p, ServeConfig, recipe=False)
+    _add_runtime_flags(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:
