@@ -80,11 +80,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(server: subprocess.Popen, port: int, timeout: float = 120.0) -> None:
+def _wait_until_up(server: subprocess.Popen, port: int, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"lmforge serve exited with {server.returncode}: {server.stderr.read()}")
+            raise AssertionError(f"lmforge serve exited with {server.returncode}: {log.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:
@@ -95,15 +95,20 @@ def _wait_until_up(server: subprocess.Popen, port: int, timeout: float = 120.0) 
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint):
-    """`python -m lmforge serve` on the checkpoint, in float32 (lm-eval's hf model runs float32 too)."""
-    port = _free_port()
-    env = {**os.environ, **OFFLINE, "LMFORGE_PRECISION": "float32"}
-    command = [sys.executable, "-m", "lmforge", "serve", "--model", str(checkpoint[0]), "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def server(checkpoint, tmp_path_factory):
+    """`python -m lmforge serve` on the checkpoint, float32 on the CPU as lm-eval's hf model runs here."""
+    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if k != "LMFORGE_API_KEY"} | OFFLINE
+    command = [
+        sys.executable, "-m", "lmforge", "serve", "--model", str(checkpoint[0]), "--port", str(port),
+        "--dtype", "float32", "--device", "cpu",
+    ]  # fmt: skip
+    # NOTE: stderr to a file, not a pipe: nobody reads a pipe while lm-eval runs, and a full one blocks the server.
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        _wait_until_up(process, port)
-        yield f"http://127.0.0.1:{port}"
+        _wait_until_up(process, port, log)
+        yield f"http://127.0.0.1:{port}", log
     finally:
         process.terminate()
         try:
@@ -132,13 +137,17 @@ def _run_hf(checkpoint: Path, task_dir: Path) -> tuple[dict, float]:
         batch_size=8,
         log_samples=True,
     )
-    return _scores(results["samples"]["lmforge_tiny_mc_plus"]), results["results"]["lmforge_tiny_mc_plus"][
-        "acc,none"
-    ]
+    accuracy = results["results"]["lmforge_tiny_mc_plus"]["acc,none"]
+    return _scores(results["samples"]["lmforge_tiny_mc_plus"]), accuracy
 
 
-def _run_local_completions(base_url: str, task_dir: Path, out: Path) -> tuple[dict, float]:
+def _log_lines(log: str, *levels: str) -> list[str]:
+    return [line[:1000] for line in log.splitlines() if any(f" {level} " in line for level in levels)]
+
+
+def _run_local_completions(server: tuple[str, Path], task_dir: Path, out: Path) -> tuple[dict, float]:
     """The command a user runs (README), as a real `lm_eval` process against the real server."""
+    base_url, server_log = server
     model_args = (
         f"base_url={base_url}/v1/completions,tokenizer_backend=remote,"
         f"max_length={CONTEXT},num_concurrent=4,max_retries=1"
@@ -150,7 +159,10 @@ def _run_local_completions(base_url: str, task_dir: Path, out: Path) -> tuple[di
     ]  # fmt: skip
     env = {**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(out / "datasets")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # lm-eval logs each refused request (status and body) as a WARNING; the traceback's end is often
+    # only the aftermath ("Session is closed" of the other requests in flight).
+    lm_eval_log = "\n".join(_log_lines(result.stderr, "WARNING", "ERROR")) + result.stderr[-2000:]
+    assert result.returncode == 0, f"{lm_eval_log}\n--- the server's log:\n{server_log.read_text()[-3000:]}"
     (samples_file,) = out.glob("*/samples_lmforge_tiny_mc_plus_*.jsonl")
     (results_file,) = out.glob("*/results_*.json")
     samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
