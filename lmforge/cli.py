@@ -726,10 +726,8 @@ def cmd_serve(args) -> None:
     from lmforge.serve.config import ServeConfig
 
     config = cfg.build(ServeConfig, args)  # bad settings are one line before the model loads
-    if config.api_key is None:
-        config.api_key = os.environ.get("LMFORGE_API_KEY") or None
-    if config.api_key is not None and not config.api_key.strip():
-        raise LmforgeError("--api-key is empty; pass a key, or leave the flag out to serve without one")
+    if config.api_key is None and os.environ.get("LMFORGE_API_KEY"):
+        config = dataclasses.replace(config, api_key=os.environ["LMFORGE_API_KEY"])
     try:
         from lmforge.serve.app import serve
     except ImportError as e:

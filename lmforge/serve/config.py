@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmforge.config import check_fields, option
+from lmforge.errors import LmforgeError
 
 
 @dataclass
@@ -32,3 +33,11 @@ class ServeConfig:
 
     def __post_init__(self):
         check_fields(self)
+        key = self.api_key
+        if key is not None and not key:
+            raise LmforgeError("--api-key is empty; pass a key, or leave the flag out to serve without one")
+        # Clients send the key in an HTTP header, which holds ASCII only (the openai SDK refuses more).
+        if key is not None and not (key.isascii() and key.isprintable() and " " not in key):
+            raise LmforgeError(
+                "--api-key must be printable ASCII without spaces: clients send it in an HTTP header"
+            )
