@@ -17,6 +17,7 @@ as Hugging Face tokenizers and vLLM do: lm-eval's remote tokenizer finds the EOS
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import socket
 import time
@@ -111,7 +112,8 @@ async def completions(request: Request) -> Response:
     server = _server(request)
     body = await read_body(request, CompletionRequest)
     server.require_engine()
-    prompts = [server.prompt_ids(p, i) for i, p in enumerate(body.prompt)]
+    # NOTE: tokenizing (and rendering a chat template) off the event loop: a long prompt must not stall the streams.
+    prompts = await asyncio.to_thread(lambda: [server.prompt_ids(p, i) for i, p in enumerate(body.prompt)])
     wants_logprobs = body.logprobs is not None
     jobs = []
     for ids in prompts:
@@ -145,7 +147,7 @@ async def chat_completions(request: Request) -> Response:
     server = _server(request)
     body = await read_body(request, ChatRequest)
     server.require_engine()
-    ids = server.encode_chat(body.messages)
+    ids = await asyncio.to_thread(server.encode_chat, body.messages)
     max_tokens = server.budget(len(ids), body.token_budget, "conversation", "messages")
     top = body.top_logprobs or 0 if body.logprobs else None
     jobs = [(ids, server.sampling(body, max_tokens, i, logprobs=top)) for i in range(body.n)]
@@ -226,9 +228,12 @@ async def tokenize(request: Request) -> dict:
     server = _server(request)
     body = await read_body(request, TokenizeRequest)
     if body.messages is not None:
-        ids = server.encode_chat(body.messages, body.add_generation_prompt)
+        ids = await asyncio.to_thread(server.encode_chat, body.messages, body.add_generation_prompt)
     else:
-        ids = server.tok.encode(body.prompt, add_special_tokens=body.add_special_tokens, allow_special=True)
+        encode = functools.partial(
+            server.tok.encode, add_special_tokens=body.add_special_tokens, allow_special=True
+        )
+        ids = await asyncio.to_thread(encode, body.prompt)
     out = {"count": len(ids), "max_model_len": server.context, "tokens": ids}
     if body.return_token_strs:
         out["token_strs"] = [server.tok.id_to_token(i) for i in ids]

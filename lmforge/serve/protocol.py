@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_LOGPROBS = 20  # alternatives per token at most, as OpenAI
 MAX_STOPS = 16  # stop strings per request
+# characters per stop string: checking one costs its length squared per token (StopChecker's held-back end)
+MAX_STOP_CHARS = 256
 MAX_N = 128  # choices per prompt, as OpenAI
 MAX_INPUTS = 2048  # prompts (or embedding inputs) per request, as OpenAI's embeddings
 INT64 = 2**63
@@ -116,8 +118,10 @@ class SamplingFields(_Body):
     @classmethod
     def _stops(cls, stop):
         stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOPS or not all(stops):
-            raise ValueError(f"stop must be up to {MAX_STOPS} non-empty strings, got {_short(stop)}")
+        if len(stops) > MAX_STOPS or not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(
+                f"stop must be up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters, got {_short(stop)}"
+            )
         return stops
 
     @model_validator(mode="after")

@@ -248,6 +248,7 @@ BAD_COMPLETIONS = [
     ),
     (dict(prompt="x", presence_penalty=1), "presence_penalty is not supported", "presence_penalty"),
     (dict(prompt=[]), "prompt must be a string", "prompt"),
+    (dict(prompt="x", stop=["a" * 257]), "stop must be up to 16 strings of 1 to 256 characters", "stop"),
     (dict(prompt="x", n=100), "this server takes at most 72 at once", "n"),
 ]
 BAD_CHATS = [
