@@ -36,6 +36,8 @@ class Plan:
         2  # training steps of each peak-memory subprocess (the second has AdamW state); 0: none
     )
     gguf_tokens: int = 64  # tokens decoded from the real SmolLM2 GGUF file; 0: that section is skipped
+    serve_tokens: int = 64  # tokens each serving client streams; 0: the serving section is skipped
+    serve_smollm2: bool = True  # serve SmolLM2 too, not only the demo shape
 
 
 PLANS = {
@@ -57,6 +59,8 @@ PLANS = {
         read_megabytes=256.0,
         repeats=5,
         warmup=1,
+        serve_tokens=32,
+        serve_smollm2=False,
     ),
     "smoke": Plan(
         ceiling_sizes=(128,),
@@ -68,6 +72,7 @@ PLANS = {
         warmup=1,
         memory_steps=0,  # a subprocess per side costs seconds; tests/bench checks bench.memory alone
         gguf_tokens=0,  # loading a 135M model twice per side costs seconds too
+        serve_tokens=0,  # a server subprocess per model costs seconds too
     ),
 }
 NO_BF16 = "no native bf16 on this CPU"
@@ -135,7 +140,24 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
             say(f"SmolLM2 GGUF: {row['skipped']}")
         else:
             _print_row("SmolLM2 GGUF", row, "load_s", "decode_tokens_per_s")
+    if plan.serve_tokens:
+        results["serving"] = _serving_rows(plan)
     return results
+
+
+def _serving_rows(plan: Plan) -> list[dict]:
+    from bench import serving
+
+    rows = serving.run_case(
+        warmup=min(plan.warmup, 1),
+        repeats=max(1, min(plan.repeats, 3)),
+        max_tokens=plan.serve_tokens,
+        smollm2=plan.serve_smollm2,
+    )
+    for row in rows:
+        rates = ", ".join(f"{n} clients {row[n]['tokens_per_s']:.1f}" for n in ("1", "4", "8"))
+        say(f"serve {row['model']}: tok/s {rates}; 8 / 1 = {row['ratio_8_to_1']:.2f}")
+    return rows
 
 
 def _train_rows(plan: Plan, precisions: list[str], ceilings: list[dict]) -> list[dict]:

@@ -58,6 +58,7 @@ def render(results: dict) -> str:
         _generate(results["generate"], results.get("memory_read")),
         _data(results["data"]),
         *([_gguf(results["gguf"])] if "gguf" in results else []),
+        *([_serving(results["serving"])] if "serving" in results else []),
     ]
     return "\n".join(parts)
 
@@ -225,3 +226,23 @@ def _gguf(row: dict) -> str:
         file=row["file"], mb=row["megabytes"], new=row["new_tokens"], prompt=row["prompt_tokens"]
     )
     return "## A real GGUF model\n\n" + note + "\n" + _table(header, body)
+
+
+SERVING_NOTE = """`lmforge serve` (a real server subprocess, float32, `--max-batch 8`) under 1, 4 and 8 concurrent
+streaming clients, each a thread streaming one `/v1/completions` request: a {prompt}-token prompt,
+{new} new tokens (`ignore_eos`), sampled. Total tok/s: every client's tokens over the wall time of the
+round. TTFT: the median client's time to its first text, so it includes waiting for the others'
+prefills. There is no other side: the 8-to-1 ratio is what continuous batching buys over one stream.
+"""
+
+
+def _serving(rows: list[dict]) -> str:
+    header = ["model", *(f"{n} client{'s' * (n > 1)} tok/s" for n in (1, 4, 8))]
+    header += [*(f"TTFT ms ({n})" for n in (1, 4, 8)), "8 / 1", "runs"]
+    body = [
+        [r["model"], *(_num(r[n]["tokens_per_s"], 1) for n in ("1", "4", "8"))]
+        + [*(_num(r[n]["ttft_ms"]) for n in ("1", "4", "8")), _ratio(r["ratio_8_to_1"]), str(r["runs"])]
+        for r in rows
+    ]
+    note = SERVING_NOTE.format(prompt=rows[0]["prompt_tokens"], new=rows[0]["max_tokens"]) if rows else ""
+    return "## Serving\n\n" + note + "\n" + _table(header, body)
