@@ -31,7 +31,30 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         help="float32 (the default, or $LMFORGE_PRECISION where set), bfloat16, float16, or auto (the fastest here)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=("sdpa", "reference"),
+        help="sdpa: PyTorch's fused kernel (the default); reference: softmax(QK^T/sqrt(d_k))V written out "
+        "(lmforge/nn/attention.py), slower, to read and step through",
+    )
     _add_nonfinite_flag(p)
+
+
+def _load_model(args):
+    """--model on --device in --dtype, with --attention (the runtime flags)."""
+    import lmforge
+    from lmforge.device import check_device, resolve_dtype
+
+    device = check_device(args.device)
+    model = lmforge.load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        allow_nonfinite=args.allow_nonfinite,
+    )
+    model.set_attention(args.attention)
+    return model
 
 
 def _add_nonfinite_flag(p: argparse.ArgumentParser) -> None:
@@ -53,7 +76,6 @@ def _add_progress_flag(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args) -> None:
     import lmforge
-    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
 
     recipe = cfg.load_recipe(args.config) if args.config else None
@@ -63,13 +85,7 @@ def cmd_generate(args) -> None:
     prompt = clean_input(*source)
     if not prompt:
         raise LmforgeError("empty prompt; pass --prompt TEXT (or --prompt - to read it from standard input)")
-    device = check_device(args.device)
-    model = lmforge.load_model(
-        args.model,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    model = _load_model(args)
     tok = lmforge.load_tokenizer(args.model)
     gen = cfg.build(GenerationConfig, args, {**model.sampling_defaults(), **(recipe or {})})
     gen.stop = [clean_input(stop, "--stop") for stop in gen.stop]
@@ -89,26 +105,19 @@ def cmd_generate(args) -> None:
         print(
             f"[bench] {timings.get('new_tokens', 0)} new tokens in {timings.get('total_s', 0.0):.2f} s: "
             f"time to first token {'-' if ttft is None else f'{ttft * 1000:.0f} ms'}, "
-            f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s ({model.dtype}, {device})",
+            f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s ({model.dtype}, {model.device})",
             file=sys.stderr,
         )
 
 
 def cmd_chat(args) -> None:
     import lmforge
-    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference import GenerationConfig
     from lmforge.inference.chat import CHAT_DEFAULTS, COMMANDS, ChatSession, chat_loop
 
     recipe = cfg.load_recipe(args.config) if args.config else {}
     cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **recipe})  # bad settings: one line, before loading
-    device = check_device(args.device)
-    model = lmforge.load_model(
-        args.model,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    model = _load_model(args)
     tok = lmforge.load_tokenizer(args.model)
     gen = cfg.build(GenerationConfig, args, {**CHAT_DEFAULTS, **model.sampling_defaults(), **recipe})
     system = clean_input(args.system, "--system") if args.system else None
@@ -155,7 +164,6 @@ def _read_texts(path: str, what: str) -> list[str]:
 def _embed_lines(args, texts: list[str]):
     """Load the encoder and embed texts, reporting on stderr how many were cut to its maximum."""
     import lmforge
-    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference.embed import (
         check_encoder,
         count_too_long,
@@ -163,13 +171,7 @@ def _embed_lines(args, texts: list[str]):
         read_sentence_settings,
     )
 
-    device = check_device(args.device)
-    model = lmforge.load_model(
-        args.model,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    model = _load_model(args)
     check_encoder(model)
     tok = lmforge.load_tokenizer(args.model)
     limit = max_input_length(model, tok, read_sentence_settings(model.name_or_path))
@@ -627,16 +629,9 @@ def _add_embedding_verbs(verbs) -> None:
 
 def cmd_fill_mask(args) -> None:
     import lmforge
-    from lmforge.device import check_device, resolve_dtype
     from lmforge.inference.fill_mask import check_masked_lm
 
-    device = check_device(args.device)
-    model = lmforge.load_model(
-        args.model,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    model = _load_model(args)
     check_masked_lm(model)
     tok = lmforge.load_tokenizer(args.model)
     results = lmforge.fill_mask(model, tok, clean_input(args.text, "--text"), top_k=args.top_k)
@@ -722,7 +717,6 @@ def _add_export_verb(verbs) -> None:
 
 def cmd_serve(args) -> None:
     import lmforge
-    from lmforge.device import check_device, resolve_dtype
     from lmforge.serve.config import ServeConfig
 
     config = cfg.build(ServeConfig, args)  # bad settings are one line before the model loads
@@ -732,13 +726,7 @@ def cmd_serve(args) -> None:
         from lmforge.serve.app import serve
     except ImportError as e:
         raise LmforgeError(f"lmforge serve needs {e.name}: pip install 'lmforge[serve]'") from None
-    device = check_device(args.device)
-    model = lmforge.load_model(
-        args.model,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    model = _load_model(args)
     serve(model, lmforge.load_tokenizer(args.model), config, name=args.model)
 
 

@@ -67,3 +67,23 @@ def test_every_family_runs_on_the_reference(tmp_path):
         assert fast_tokens == ref_tokens, name
     with pytest.raises(LmforgeError, match="unknown attention 'flash'"):
         model.set_attention("flash")
+
+
+@pytest.mark.slow
+def test_generate_runs_on_the_reference_from_the_command_line(tmp_path, bpe):
+    """`--attention reference` gives the same greedy text; an unknown kernel is one line."""
+    from lmforge_cli import assert_one_line_error, run_lmforge
+
+    make_hf_llama(tmp_path, vocab_size=bpe.vocab_size)
+    bpe.save_pretrained(tmp_path)
+    texts = []
+    for kernel in ("sdpa", "reference"):
+        result = run_lmforge(
+            "generate", "--model", tmp_path, "--prompt", "def main", "--max-new-tokens", 12,
+            "--temperature", 0, "--attention", kernel,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        texts.append(result.stdout)
+    assert texts[0] == texts[1] and texts[0].strip()
+    bad = run_lmforge("generate", "--model", tmp_path, "--prompt", "x", "--attention", "flash")
+    assert_one_line_error(bad, "--attention", "flash")
