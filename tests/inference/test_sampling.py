@@ -100,6 +100,16 @@ def test_samples_only_kept_tokens_with_their_probabilities():
     assert set(top_2.tolist()) == {0, 1}
 
 
+def test_draw_never_takes_a_token_of_probability_zero():
+    """Zero-probability tokens first, between and last: none is drawn, the others in proportion."""
+    from lmforge.inference.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.25, 0.25, 0.0]]).expand(20000, 7)
+    counts = torch.bincount(draw(probs, torch.Generator().manual_seed(1)), minlength=7) / 20000
+    assert counts[[0, 2, 3, 6]].sum() == 0
+    torch.testing.assert_close(counts[[1, 4, 5]], torch.tensor([0.5, 0.25, 0.25]), atol=0.015, rtol=0)
+
+
 def test_same_seed_same_samples():
     logits = torch.randn(16, 40)
     config = GenerationConfig(temperature=1.0, top_p=0.9)
