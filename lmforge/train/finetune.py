@@ -295,11 +295,23 @@ def _first(examples: list, features: list[dict], n: int) -> tuple[list, list[dic
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
+    """The metrics as JSON at path; a classifier's confusion matrix also as a picture beside it
+    (`confusion_png_path`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
     except OSError as e:
         raise LmforgeError(f"cannot write {path}: {e.strerror}; choose a writable directory") from None
+    if "confusion_matrix" in metrics:
+        from lmforge.eval.plot import write_confusion_png
+
+        confusion = metrics["confusion_matrix"]
+        write_confusion_png(confusion["counts"], confusion_png_path(path), confusion["labels"])
+
+
+def confusion_png_path(metrics_path: Path) -> Path:
+    """Where the confusion matrix of a metrics file is drawn: metrics.json -> metrics-confusion.png."""
+    return metrics_path.with_name(f"{metrics_path.stem}-confusion.png")
 
 
 def _examples(task, train_file: Path, validation_file: Path | None) -> tuple[list, list]:

@@ -383,8 +383,8 @@ class Trainer:
 
     def _export_final(self) -> None:
         """Copy the last checkpoint's model files to OUT itself (so `--model OUT` works) and draw the loss curve."""
+        from lmforge.eval.plot import write_loss_png
         from lmforge.train.metrics import read_metrics
-        from lmforge.train.plot import write_loss_png
 
         self.export_model(ckpt.latest_checkpoint(self.out))
         write_loss_png(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")

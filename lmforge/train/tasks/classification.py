@@ -138,8 +138,13 @@ def load_classifier(path: str, label_map, *, allow_nonfinite: bool = False):
 
 
 def label_metrics(predicted: list[int], gold: list[int], label_names: list[str]) -> dict:
-    """Classification metrics (eval/metrics.py) over label names, for predicted and gold ids."""
-    from lmforge.eval.metrics import compute_metrics
+    """Classification metrics (eval/metrics.py) over label names, for predicted and gold ids, and the
+    confusion matrix: {"labels": names, "counts": rows of references, columns of predictions}."""
+    from lmforge.eval.metrics import compute_metrics, confusion_matrix
 
     names = [label_names[i] for i in predicted], [label_names[i] for i in gold]
-    return compute_metrics("classification", *names, labels=label_names)
+    matrix, _ = confusion_matrix(*names, labels=label_names)
+    return {
+        **compute_metrics("classification", *names, labels=label_names),
+        "confusion_matrix": {"labels": list(label_names), "counts": matrix.tolist()},
+    }
