@@ -190,20 +190,37 @@ def _embed_lines(args, texts: list[str]):
     )
 
 
+def _check_out_file(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot be written."""
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise LmforgeError(f"cannot write {path}: pass a file path in an existing, writable directory")
+
+
 def cmd_embed(args) -> None:
     import numpy as np
 
+    if not (args.out or args.map):
+        raise LmforgeError("pass --out FILE.npy for the vectors, --map FILE.png for their picture, or both")
     texts = _read_texts(args.input, "input")
-    out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise LmforgeError(f"cannot write {out}: pass a file path in an existing, writable directory")
-    vectors = _embed_lines(args, texts).numpy().astype(np.float32)
-    try:
-        with open(out, "wb") as f:  # a file object: np.save would otherwise append .npy to the name
-            np.save(f, vectors)
-    except OSError as e:
-        raise LmforgeError(f"cannot write {out} ({e.strerror})") from None
-    print(f"embedded {len(texts)} texts into {vectors.shape[1]} dimensions -> {out}")
+    if args.map and len(texts) < 2:
+        raise LmforgeError(f"--map needs at least 2 lines to place on a plane; {args.input} has 1")
+    for path in filter(None, (args.out, args.map)):
+        _check_out_file(Path(path))
+    vectors = _embed_lines(args, texts)
+    if args.out:
+        try:
+            with open(args.out, "wb") as f:  # a file object: np.save would otherwise append .npy to the name
+                np.save(f, vectors.numpy().astype(np.float32))
+        except OSError as e:
+            raise LmforgeError(f"cannot write {args.out} ({e.strerror})") from None
+        print(f"embedded {len(texts)} texts into {vectors.shape[1]} dimensions -> {args.out}")
+    if args.map:
+        from lmforge.inference.inspect import write_embedding_map_png
+
+        write_embedding_map_png(texts, vectors, args.map)
+        print(
+            f"drew {len(texts)} texts on the first two principal components of their embeddings -> {args.map}"
+        )
 
 
 def cmd_search(args) -> None:
@@ -268,7 +285,7 @@ def cmd_finetune(args) -> None:
 def cmd_evaluate(args) -> None:
     from lmforge.device import check_device
     from lmforge.eval.metrics import format_table
-    from lmforge.train.finetune import FinetuneConfig, write_metrics
+    from lmforge.train.finetune import FinetuneConfig, confusion_png_path, write_metrics
     from lmforge.train.tasks import get_task
 
     config = cfg.build(FinetuneConfig, args)
@@ -280,6 +297,8 @@ def cmd_evaluate(args) -> None:
     out = Path(args.metrics_out or Path(args.model) / f"eval-{Path(args.data).stem}.json")
     write_metrics(metrics, out)
     print(f"metrics in {out}")
+    if "confusion_matrix" in metrics:
+        print(f"confusion matrix in {confusion_png_path(out)}")
 
 
 def cmd_classify(args) -> None:
@@ -363,6 +382,7 @@ def build_parser() -> ArgumentParser:
     _add_export_verb(verbs)
     _add_merge_lora_verb(verbs)
     _add_serve_verb(verbs)
+    _add_inspect_verb(verbs)
     return parser
 
 
@@ -592,9 +612,16 @@ def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_embedding_verbs(verbs) -> None:
-    p = verbs.add_parser("embed", help="write sentence embeddings of a file's lines to a .npy file")
+    p = verbs.add_parser(
+        "embed", help="write sentence embeddings of a file's lines to a .npy file (and draw them with --map)"
+    )
     p.add_argument("--input", required=True, help="a text file, one text per line")
-    p.add_argument("--out", required=True, help="the .npy file to write (float32, one row per line)")
+    p.add_argument("--out", help="the .npy file to write (float32, one row per line)")
+    p.add_argument(
+        "--map",
+        help="a PNG file to draw the embeddings in: each line a labelled point on the first two principal "
+        "components, so that texts of like meaning land near each other",
+    )
     p.add_argument("--pooling", choices=["mean", "cls"], help="default: the checkpoint's, else mean")
     p.add_argument("--no-normalize", action="store_true", help="keep the raw (not unit-length) vectors")
     _add_encoder_flags(p)
@@ -740,6 +767,76 @@ def _add_serve_verb(verbs) -> None:
     cfg.add_arguments(p, ServeConfig, recipe=False)
     _add_runtime_flags(p)
     p.set_defaults(func=cmd_serve)
+
+
+def cmd_inspect(args) -> None:
+    import lmforge
+    from lmforge.device import check_device
+    from lmforge.inference import inspect as pictures
+
+    _check_out_file(Path(args.out))
+    text = clean_input(args.text, "--text") if args.action == "attention" else None
+    if text is not None and not text.strip():
+        raise LmforgeError("empty --text; pass the text whose tokens to draw")
+    model = None
+    if args.model is not None:
+        device = check_device(args.device)
+        model = lmforge.load_model(args.model, device=device, allow_nonfinite=args.allow_nonfinite)
+    if args.action == "attention":
+        tokens, weights = pictures.attention_weights(model, lmforge.load_tokenizer(args.model), text)
+        pictures.write_attention_png(weights, tokens, args.out, layer=args.layer, head=args.head)
+        layers = "1 layer" if args.layer is not None else f"{weights.shape[0]} layers"
+        heads = "1 head" if args.head is not None else f"{weights.shape[1]} heads"
+        print(f"drew {layers} x {heads} of attention over {len(tokens)} tokens -> {args.out}")
+        return
+    from lmforge.models import get_preset
+
+    config = getattr(model, "base", model).config if model is not None else get_preset(args.preset)
+    panels = pictures.position_panels(model, config, args.positions)
+    title = f"{args.model or args.preset}: how a {config.model_type} model encodes positions"
+    pictures.write_positions_png(panels, args.out, title)
+    print(f"drew the position encoding of {len(panels[0].matrix)} positions -> {args.out}")
+
+
+def _add_inspect_verb(verbs) -> None:
+    inspect = verbs.add_parser(
+        "inspect", help="draw what a model does inside: attention, positions (and see `embed --map`)"
+    )
+    actions = inspect.add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser, metavar="WHAT", help="what to draw"
+    )
+    p = actions.add_parser(
+        "attention", help="every layer's and head's attention weights over a text's tokens"
+    )
+    p.add_argument("--model", required=True, help="a checkpoint directory, a .gguf file or a name")
+    p.add_argument(
+        "--text", required=True, help="the text whose tokens attend to each other (a short one reads best)"
+    )
+    p.add_argument(
+        "--layer", type=cfg.number_flag("--layer", int, ge=0), help="draw this layer only (from 0)"
+    )
+    p.add_argument("--head", type=cfg.number_flag("--head", int, ge=0), help="draw this head only (from 0)")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    _add_nonfinite_flag(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = actions.add_parser("positions", help="the position encoding as a matrix of positions by dimensions")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a checkpoint directory, a .gguf file or a name")
+    source.add_argument(
+        "--preset", help="a preset's config (`pretrain --preset`): rotary and T5 encodings need no weights"
+    )
+    p.add_argument(
+        "--positions",
+        type=cfg.number_flag("--positions", int, ge=2),
+        default=128,
+        help="how many positions to draw, from 0 (default: 128; at most the model's context)",
+    )
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    _add_nonfinite_flag(p)
+    p.set_defaults(func=cmd_inspect)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,17 @@ each row holds. Cross-attention reads a `CrossContext` instead: the other sequen
 
 `reference_attention` spells the formula out, one line per step with its shapes, and agrees with the
 fast path within float rounding (tests/nn/test_reference_attention.py); `model.set_attention("reference")`
-(or `--attention reference` on the command line) runs a whole model on it, to step through in a debugger.
+(or `--attention reference` on the command line) runs a whole model on it, to step through in a debugger;
+`recording_attention(model)` runs it there and keeps each layer's probabilities, which
+`lmforge inspect attention` draws.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,12 +73,14 @@ def reference_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     enable_gqa: bool = False,
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k) + M) V, step by step; the arguments of `scaled_dot_product_attention`.
 
     q (B, n_heads, T, d_head) holds the queries of T tokens; k and v (B, n_kv_heads, S, d_head) the keys
     and values of the S tokens they may attend to. attn_mask: bool (True = may attend) or float (added
-    to the scores: T5's position bias), broadcastable to (B, n_heads, T, S).
+    to the scores: T5's position bias), broadcastable to (B, n_heads, T, S). record: a list that the
+    probabilities (B, n_heads, T, S) are appended to, to look at them.
     """
     n_heads, d_head = q.shape[1], q.shape[-1]
     if enable_gqa:  # grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads
@@ -90,6 +97,8 @@ def reference_attention(
     elif attn_mask is not None:
         scores = scores + attn_mask  # a position bias (and the minimum where masked)
     probs = scores.softmax(dim=-1)  # (B, n_heads, T, S): each query's weights over the keys sum to 1
+    if record is not None:
+        record.append(probs.detach())
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     return probs @ v  # (B, n_heads, T, d_head): the weighted average of the values
@@ -199,6 +208,7 @@ class Attention(nn.Module):
         self.scale = scale  # of the scores; None is 1 / sqrt(d_head) (T5 uses 1, folded into its init)
         self.layer_idx = layer_idx
         self.kernel = "sdpa"  # or "reference" (ATTENTION_KERNELS; PretrainedModel.set_attention)
+        self.record: list[torch.Tensor] | None = None  # where the reference kernel appends its probs
 
     def forward(
         self,
@@ -222,7 +232,9 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k, v = feed.update(self.layer_idx, k, v)
             mask, is_causal = feed.mask, feed.is_causal
-        attend = reference_attention if self.kernel == "reference" else F.scaled_dot_product_attention
+        attend = F.scaled_dot_product_attention
+        if self.kernel == "reference":
+            attend = functools.partial(reference_attention, record=self.record)
         out = attend(
             q,
             k,
@@ -241,3 +253,20 @@ class Attention(nn.Module):
         k = self.k_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
         v = self.v_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
         return k, v  # (B, n_kv_heads, S, d_head) each
+
+
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Run every attention layer of `model` on the reference kernel, keeping what it computes:
+    {module name: [probabilities (B, n_heads, T, S) of each call]}, in the model's order. The kernels
+    (and any records) the layers had are given back on leaving."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, Attention)}
+    saved = {name: (m.kernel, m.record) for name, m in layers.items()}
+    records: dict[str, list[torch.Tensor]] = {}
+    for name, m in layers.items():
+        m.kernel, m.record = "reference", records.setdefault(name, [])
+    try:
+        yield records
+    finally:
+        for name, m in layers.items():
+            m.kernel, m.record = saved[name]

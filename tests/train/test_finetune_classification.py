@@ -6,9 +6,11 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from lmforge_cli import assert_one_line_error, finetune_under_bf16, run_lmforge
+from pictures import assert_drawn
 from safetensors.torch import load_file
 
 import lmforge
@@ -92,6 +94,10 @@ def test_finetune_beats_majority_baseline(trained):
     assert "accuracy" in result.stdout and "macro_f1" in result.stdout
     best = json.loads((out / "best" / "metrics.json").read_text())
     assert best["accuracy"] >= metrics["accuracy"]  # OUT/best holds the best evaluation, the last included
+    counts = np.array(metrics["confusion_matrix"]["counts"])
+    assert metrics["confusion_matrix"]["labels"] == ["cooking", "space", "sport"]
+    assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"])
+    assert_drawn(out / "metrics-confusion.png")  # its picture, beside it
 
 
 def test_output_reopens_as_classifier_with_labels(trained, setup):
@@ -137,6 +143,8 @@ def test_evaluate_writes_beside_the_runs_own_metrics(trained, setup):
     written = out / "eval-validation.json"
     assert f"metrics in {written}" in result.stdout
     assert json.loads(written.read_text()) == json.loads(before)  # the same model on the same data
+    assert f"confusion matrix in {out / 'eval-validation-confusion.png'}" in result.stdout
+    assert_drawn(out / "eval-validation-confusion.png")
 
 
 def test_classify_prints_probabilities_when_asked(trained, setup):
