@@ -56,10 +56,18 @@ chat: install
 serve: install
 	$(BIN)/lmforge serve --model smollm2 --context 2048
 
-bench: install
+# llama.cpp (built once from the llama-cpp-python sdist: about 15 minutes on 2 cores) is the GGUF section's
+# other side; where it cannot be built, that column says so and the rest runs.
+LLAMA_CPP := $(VENV)/.llama-cpp-tried
+$(LLAMA_CPP):
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install --quiet "llama-cpp-python>=0.3" \
+		|| echo "make bench: could not build llama-cpp-python; the llama.cpp column will say it is not installed"
+	touch $(LLAMA_CPP)
+
+bench: install $(LLAMA_CPP)
 	$(BIN)/python -m bench
 
-bench-quick: install
+bench-quick: install $(LLAMA_CPP)
 	$(BIN)/python -m bench --quick
 
 clean:
