@@ -280,6 +280,10 @@ def cmd_finetune(args) -> None:
         return
     print(format_table({k: v for k, v in metrics.items() if k in get_task(config.task).metrics}))
     print(f"validation metrics in {Path(config.out) / 'metrics.json'}; model in {config.out}")
+    if "confusion_matrix" in metrics:
+        from lmforge.train.finetune import confusion_png_path
+
+        print(f"confusion matrix in {confusion_png_path(Path(config.out) / 'metrics.json')}")
 
 
 def cmd_evaluate(args) -> None:

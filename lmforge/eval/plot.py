@@ -105,8 +105,8 @@ SMOOTH_MIN_POINTS = 20  # fewer points are drawn as they are: a moving average o
 
 def smoothed(values: np.ndarray) -> np.ndarray:
     """An exponential moving average of the values, bias-corrected (Adam's correction: the first points
-    are not pulled towards 0), spanning about a fiftieth of the run, and at least 5 points."""
-    span = max(5, len(values) // 50)
+    are not pulled towards 0), spanning about a twentieth of the run, and at least 10 points."""
+    span = max(10, len(values) // 20)
     beta = 1 - 2 / (span + 1)  # the decay of an EMA whose centre of mass is that of a `span`-point window
     out, average = np.empty(len(values)), 0.0
     for i, value in enumerate(values):

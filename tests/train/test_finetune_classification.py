@@ -98,6 +98,7 @@ def test_finetune_beats_majority_baseline(trained):
     assert metrics["confusion_matrix"]["labels"] == ["cooking", "space", "sport"]
     assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"])
     assert_drawn(out / "metrics-confusion.png")  # its picture, beside it
+    assert f"confusion matrix in {out / 'metrics-confusion.png'}" in result.stdout
 
 
 def test_output_reopens_as_classifier_with_labels(trained, setup):
