@@ -263,6 +263,9 @@ def cmd_pretrain(args) -> None:
         print(
             f"{config.out} has already trained to step {config.max_steps}; raise --max-steps (or --epochs) to train further"
         )
+    from lmforge.train.report import closing_lines
+
+    print(closing_lines(Path(config.out), prompt=config.sample_prompt, objective=config.objective))
 
 
 def cmd_finetune(args) -> None:

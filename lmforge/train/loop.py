@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from lmforge.config import INT64, bounded, check_fields
 from lmforge.device import choose_precision, print0
@@ -37,6 +36,7 @@ from lmforge.train.distributed import (
 )
 from lmforge.train.loss import IGNORE_INDEX, causal_lm_loss
 from lmforge.train.optim import lr_at, make_optimizer
+from lmforge.train.report import EvaluationReport, progress_bar
 
 # The largest batch, accumulation or sequence length: far beyond any run, far below an overflow.
 MAX_SIZE = 2**20
@@ -332,25 +332,9 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to max_steps (or the time limit); returns the last metrics row."""
-        from lmforge.train.metrics import MetricsLog
-
         cfg, world = self.config, self.world
-        log = (
-            MetricsLog(
-                self.out / "metrics.jsonl",
-                resume_from_step=self.start_step if cfg.resume else None,
-                tensorboard_dir=str(self.out / "tensorboard") if cfg.tensorboard else None,
-            )
-            if world.is_main
-            else None
-        )
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=self.start_step,
-            disable=not (world.is_main and cfg.progress),
-            unit="step",
-            dynamic_ncols=True,
-        )
+        log, report = self._metrics_log(), EvaluationReport.of(self)
+        bar = progress_bar(cfg.max_steps, self.start_step, is_shown=world.is_main and cfg.progress)
         started, row = time.perf_counter(), {}
         self.model.train()
         for step in range(self.start_step, cfg.max_steps):
@@ -358,9 +342,12 @@ class Trainer:
             row = self._train_step(step)
             row["tokens_per_s"] = row.pop("tokens") / (time.perf_counter() - t0)
             row["elapsed_s"] = time.perf_counter() - started
+            report.add(row)
             done = step + 1 == cfg.max_steps or (cfg.max_minutes and row["elapsed_s"] > 60 * cfg.max_minutes)
             if (step + 1) % cfg.eval_every == 0 or done:
                 row.update(self.evaluate())
+                if world.is_main:
+                    bar.write(report.lines(row))
                 self._sample(bar, step + 1)
                 done = done or self.stop_requested
             if log:
@@ -380,6 +367,18 @@ class Trainer:
             self._export_final()
         barrier(world)
         return row
+
+    def _metrics_log(self):
+        from lmforge.train.metrics import MetricsLog
+
+        if not self.world.is_main:
+            return None
+        cfg = self.config
+        return MetricsLog(
+            self.out / "metrics.jsonl",
+            resume_from_step=self.start_step if cfg.resume else None,
+            tensorboard_dir=str(self.out / "tensorboard") if cfg.tensorboard else None,
+        )
 
     def _export_final(self) -> None:
         """Copy the last checkpoint's model files to OUT itself (so `--model OUT` works) and draw the loss curve."""

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from lmforge.config import bounded
+from lmforge.config import bounded, option
 from lmforge.device import check_device, check_precision, print0, seed_everything
 from lmforge.errors import LmforgeError
 from lmforge.train.distributed import World, barrier, init_world, shutdown
@@ -67,12 +67,22 @@ class PretrainConfig(TrainConfig):
     )  # dropout probability in training (default: the preset's)
     rope_theta: float | None = bounded(None, gt=0)  # rotary position base (Llama)
     max_seq_len: int | None = bounded(None, ge=1)  # the context (default: the preset's, at least --seq-len)
+    # NOTE: the same prompt and seed at every evaluation, so the samples differ only by what was learned.
+    sample_prompt: str | None = option(
+        None,
+        "the prompt of the sample at each evaluation, clm only (default: the validation text's first tokens)",
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise LmforgeError(
                 f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}"
+            )
+        if self.sample_prompt is not None and (not self.sample_prompt or self.objective != "clm"):
+            raise LmforgeError(
+                "--sample-prompt must be a non-empty text, for --objective clm (mlm and span show a "
+                f"validation window filled in instead); got {self.sample_prompt!r} with --objective {self.objective}"
             )
         self.shape()  # a shape that does not fit its family fails here, before any data work
         if self.max_seq_len is not None and self.max_seq_len < self.seq_len:
@@ -179,7 +189,7 @@ def pretrain(config: PretrainConfig) -> dict:
             tokenizer=tok,
             loss_fn=OBJECTIVES[config.objective].loss_fn,
             fingerprint=fingerprint,
-            sample_prompt=_sample_prompt(tok, val_file) if config.objective == "clm" else None,
+            sample_prompt=_sample_prompt(config, tok, val_file),
             sample_fn=batches.sample,
         )
         return trainer.fit()
@@ -333,8 +343,10 @@ def _as_dict(batch) -> dict:
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _sample_prompt(tok, val_file) -> str:
-    """The first few tokens of the validation text: a prompt in the corpus's own style."""
+def _sample_prompt(config: PretrainConfig, tok, val_file) -> str | None:
+    """--sample-prompt, else the first few tokens of the validation text: a prompt in the corpus's own style."""
+    if config.objective != "clm" or config.sample_prompt:
+        return config.sample_prompt
     ids = [int(i) for i in val_file.tokens[:6] if int(i) not in tok.all_special_ids]
     return tok.decode(ids) or "\n"
 
