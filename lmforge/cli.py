@@ -52,9 +52,18 @@ def _load_model(args):
         dtype=resolve_dtype(args.dtype, device),
         device=device,
         allow_nonfinite=args.allow_nonfinite,
+        quantize=getattr(args, "quantize", None),  # the verbs with --quantize
     )
     model.set_attention(args.attention)
     return model
+
+
+def _add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="weight-only quantized linear layers for CPU decoding: int8 (per channel) or int4 (groups of 32)",
+    )
 
 
 def _add_nonfinite_flag(p: argparse.ArgumentParser) -> None:
@@ -105,7 +114,8 @@ def cmd_generate(args) -> None:
         print(
             f"[bench] {timings.get('new_tokens', 0)} new tokens in {timings.get('total_s', 0.0):.2f} s: "
             f"time to first token {'-' if ttft is None else f'{ttft * 1000:.0f} ms'}, "
-            f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s ({model.dtype}, {model.device})",
+            f"then {'-' if rate is None else f'{rate:.1f}'} tokens/s "
+            f"({getattr(model, 'quantization', None) or model.dtype}, {model.device})",
             file=sys.stderr,
         )
 
@@ -413,6 +423,7 @@ def _add_generation_verbs(verbs) -> None:
     p.add_argument("--config", help="a TOML or YAML recipe with generation settings")
     cfg.add_arguments(p, GenerationConfig)
     _add_runtime_flags(p)
+    _add_quantize_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = verbs.add_parser("chat", help="talk with a chat model in the terminal (/reset, /system TEXT, /exit)")
@@ -423,6 +434,7 @@ def _add_generation_verbs(verbs) -> None:
     p.add_argument("--config", help="a TOML or YAML recipe with generation settings")
     cfg.add_arguments(p, GenerationConfig, help=CHAT_HELP)
     _add_runtime_flags(p)
+    _add_quantize_flag(p)
     p.set_defaults(func=cmd_chat)
 
 

@@ -226,11 +226,25 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     allow_nonfinite: bool = False,
+    quantize: str | None = None,
 ):
     """A model from a checkpoint directory (Hugging Face or lmforge), in eval mode.
 
     Weights holding NaN or Inf are refused by name, unless allow_nonfinite (then: a warning).
+    quantize ("int8" or "int4"): a decoder's linear layers quantized once loaded, for CPU inference
+    (lmforge.nn.quant.quantize_model).
     """
+    from lmforge.nn.quant import check_mode, quantize_model
+
+    if quantize is not None:
+        check_mode(quantize)  # a bad mode is one line before the weights load
+    model = _load_float_model(name_or_path, dtype=dtype, device=device, allow_nonfinite=allow_nonfinite)
+    if quantize is not None:
+        quantize_model(model, quantize)
+    return model
+
+
+def _load_float_model(name_or_path, *, dtype, device, allow_nonfinite):
     from lmforge.hub import resolve_model
     from lmforge.models import build_model
     from lmforge.models.heads import TASK_MODELS, ClassifierConfig
