@@ -785,6 +785,7 @@ def _add_serve_verb(verbs) -> None:
     )
     cfg.add_arguments(p, ServeConfig, recipe=False)
     _add_runtime_flags(p)
+    _add_quantize_flag(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -177,3 +177,13 @@ def test_load_model_checks_the_mode_before_loading(tmp_path):
     # The directory does not exist: a mode error first means the weights were never looked for.
     with pytest.raises(LmforgeError, match="unknown quantization 'int2'"):
         lmforge.load_model(tmp_path / "missing", quantize="int2")
+
+
+@pytest.mark.parametrize("in_features", [100, 104, 8])
+def test_a_shape_the_int8_kernel_cannot_take_stays_float(in_features):
+    """The CPU int8 kernel crashes (in_features not a multiple of 8) or is wrong (of 8 but not 16):
+    such a layer is left float, in both modes, and computes exactly what it did."""
+    linear = nn.Linear(in_features, 48)
+    for mode in ("int8", "int4"):
+        assert quantize_linear(linear, mode) is linear
+    assert isinstance(quantize_linear(nn.Linear(112, 48), "int8"), Int8Linear)
