@@ -208,6 +208,15 @@ def test_each_section_has_its_formula_code_test_and_command_with_output(language
         )
 
 
+@pytest.mark.parametrize("language", TOURS)
+def test_each_inline_formula_closes_on_its_line(language):
+    # GitHub renders $...$ only within one line; a formula broken across lines shows as raw LaTeX.
+    prose = FENCE.sub("", TOURS[language].read_text(encoding="utf-8"))
+    for line in prose.splitlines():
+        if not line.startswith("$$"):
+            assert line.count("$") % 2 == 0, f"an inline formula opens and does not close: {line!r}"
+
+
 def test_both_languages_have_the_same_sections_links_commands_and_outputs():
     english, chinese = read_tour("en")[1], read_tour("zh")[1]
     assert len(english) == len(chinese), f"{len(english)} English sections, {len(chinese)} Chinese"
