@@ -40,7 +40,7 @@ test-bf16: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check lmforge tests bench
+	$(BIN)/ruff format --check lmforge tests bench examples
 
 # Pretrain the `demo` preset on the built-in corpus (configs/demo.toml), showing at each evaluation the loss,
 # the perplexity and a sample of the same prompt; then generate from the result and say where to go next.
