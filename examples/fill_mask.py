@@ -3,10 +3,10 @@
 Mirrors the seeds' masked-language-model objective (BERT hides 15% of the tokens and learns to predict
 them from both sides) and the fill-mask pipeline that reads it back. No installed offline model has a
 masked-LM head (all-MiniLM-L6-v2 was trained for sentence embeddings and ships without one), so this
-script pretrains one: `lmforge.pretrain` with objective "mlm" trains a 0.25M-parameter `bert-tiny` on a
+script pretrains one: `lmforge.pretrain` with objective "mlm" trains a 0.22M-parameter `bert-tiny` on a
 small corpus of facts it writes (capitals, languages, animals), with a vocabulary of its words, then
-`lmforge.fill_mask` ranks that vocabulary at each [MASK]. Quality is toy-level: the model has memorised a
-few hundred sentences, it has not learned English.
+`lmforge.fill_mask` ranks that vocabulary at each [MASK]. Quality is toy-level: the model has memorised
+23 facts, it has not learned English.
 
     python examples/fill_mask.py [--fast]    # --fast: 300 steps instead of 2,000
 """
