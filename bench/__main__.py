@@ -140,6 +140,10 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
             say(f"SmolLM2 GGUF: {row['skipped']}")
         else:
             _print_row("SmolLM2 GGUF", row, "load_s", "decode_tokens_per_s")
+    if plan.gguf_tokens:
+        from bench import quant
+
+        results["quant"] = quant.run(quick=mode == "quick")
     if plan.serve_tokens:
         results["serving"] = _serving_rows(plan)
     return results

