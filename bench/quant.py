@@ -37,12 +37,12 @@ VARIANTS = {
     "bfloat16": (torch.bfloat16, None, False),
     "int8": (torch.float32, {"mode": "int8"}, False),
     "int4": (torch.float32, {"mode": "int4"}, False),
-    "int8, float32 activations": (torch.float32, {"mode": "int8"}, True),
-    "int4, float head": (torch.float32, {"mode": "int4", "head": None}, False),
-    "int4, int4 head": (torch.float32, {"mode": "int4", "head": "int4"}, False),
-    "int4, groups of 64": (torch.float32, {"mode": "int4", "group_size": 64}, False),
-    "int8, bfloat16 model": (torch.bfloat16, {"mode": "int8"}, False),
-    "int4, bfloat16 model": (torch.bfloat16, {"mode": "int4"}, False),
+    "int8 (float32 activations)": (torch.float32, {"mode": "int8"}, True),
+    "int4 (float head)": (torch.float32, {"mode": "int4", "head": None}, False),
+    "int4 (int4 head)": (torch.float32, {"mode": "int4", "head": "int4"}, False),
+    "int4 (groups of 64)": (torch.float32, {"mode": "int4", "group_size": 64}, False),
+    "int8 (bfloat16 model)": (torch.bfloat16, {"mode": "int8"}, False),
+    "int4 (bfloat16 model)": (torch.bfloat16, {"mode": "int4"}, False),
 }
 MAIN = ("float32", "bfloat16", "int8", "int4")  # --quick measures only these; replies are shown for these
 
