@@ -4,7 +4,8 @@ A GGUF file is a header of typed key-value metadata (`llama.block_count`, `token
 followed by tensors under llama.cpp's names (`blk.0.attn_q.weight`), each in a ggml storage type:
 plain (F32, F16, BF16) or quantized in blocks (Q8_0, Q4_0, Q4_1, the K-quants Q4_K, Q5_K, Q6_K, ...).
 Here the metadata becomes an lmforge config, and the tensors, dequantized to float by the `gguf`
-package, become an lmforge state dict.
+package, become an lmforge state dict; or, for `load_model(..., quantize="int4")`, the block projections
+stored as Q4_0 or Q4_1 become int4 layers straight from their codes (blocks.py).
 
 Two layout differences from a Hugging Face checkpoint are undone on the way:
 - llama.cpp rotates interleaved pairs (x0, x1), (x2, x3), ... of each head, while lmforge (like Hugging
@@ -17,6 +18,7 @@ into the `llama3` rope_scaling it came from.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -26,8 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lmforge.errors import LmforgeError
+from lmforge.gguf.blocks import is_int4_blocks, read_int4_blocks
 from lmforge.models import GPT2Config, LlamaConfig
 
 ARCHITECTURES = ("llama", "gpt2")
@@ -282,10 +287,15 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return rows.transpose(1, 2).reshape(weight.shape)  # (heads, half, d_head / 2, ...) flattened
 
 
-def state_dict(file: GGUFFile, config, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The file's tensors under lmforge names, in dtype; unknown tensors are an error."""
+def state_dict(
+    file: GGUFFile, config, dtype: torch.dtype = torch.float32, skip: set[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    """The file's tensors under lmforge names, in dtype; unknown tensors are an error. `skip`: GGUF names
+    read another way (int4_layers)."""
     state = {}
     for name in file.tensors:
+        if name in skip:
+            continue
         tensor = dequantize(file, name)
         for ours, value in _lmforge_tensors(file, name, tensor, config).items():
             state[ours] = value.to(dtype)
@@ -319,17 +329,101 @@ def _lmforge_tensors(file: GGUFFile, name: str, tensor: torch.Tensor, config) ->
     return {f"{prefix}{LAYER_TENSORS[part]}.{kind}": tensor}
 
 
+def int4_layers(file: GGUFFile, config, dtype: torch.dtype) -> tuple[dict[str, nn.Module], set[str]]:
+    """Int4Linear layers under lmforge module names, built straight from the codes and block scales of
+    each block projection the file stores as Q4_0 or Q4_1 (blocks.py), its bias in dtype; and the GGUF
+    names of the tensors they took. A projection the int4 kernel cannot take is left out."""
+    from lmforge.nn.quant import Int4Linear
+
+    layers, used = {}, set()
+    for name, tensor in file.tensors.items():
+        if not (name.endswith(".weight") and _LAYER_NAME.fullmatch(name) and is_int4_blocks(tensor)):
+            continue
+        # Each of codes, scales and zeros is laid out by rows: the Q/K row order and GPT-2's q, k, v split
+        # apply to them as to a float weight.
+        codes, scales, zeros = (
+            _lmforge_tensors(file, name, t, config) for t in read_int4_blocks(tensor, file.shape(name))
+        )
+        if any(c.shape[0] % 16 for c in codes.values()):
+            continue  # the int4 kernel takes output rows in 16s; quantize_model quantizes it from floats
+        bias_name = name.removesuffix("weight") + "bias"
+        biases = {}
+        if bias_name in file.tensors:
+            biases = _lmforge_tensors(file, bias_name, dequantize(file, bias_name), config)
+            used.add(bias_name)
+        for key in codes:
+            module = key.removesuffix(".weight")
+            bias = biases.get(f"{module}.bias")
+            bias = None if bias is None else bias.to(dtype)
+            layers[module] = Int4Linear.from_codes(codes[key], scales[key], zeros[key], bias)
+        used.add(name)
+    return layers, used
+
+
+class SkipInitialisation(TorchFunctionMode):
+    """While active, nn.init's in-place fills of parameters do nothing: for a model whose every weight
+    comes from a file next. Its parameters stay fresh allocations, which the OS maps lazily: no time
+    spent filling them, and no memory held for those the file's int4 layers replace before any use."""
+
+    # Skipping one is only saved work: every parameter is overwritten or replaced after the build.
+    FILLS = frozenset(
+        [getattr(nn.init, f"{name}_") for name in ("normal", "uniform", "kaiming_uniform", "zeros", "ones")]
+        + [torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_]
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
+        if func in self.FILLS and isinstance(target, nn.Parameter):
+            return target
+        return func(*args, **kwargs)
+
+
 def load_gguf_model(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    int4_blocks: bool = False,
 ):
-    """A llama or GPT-2 model from a GGUF file, dequantized to dtype, in eval mode."""
+    """A llama or GPT-2 model from a GGUF file, dequantized to dtype, in eval mode.
+
+    int4_blocks (on the CPU): the block projections stored as Q4_0 or Q4_1 become Int4Linear layers
+    straight from the file's codes and block scales (int4_layers), never float; the rest loads as above,
+    for `quantize_model(model, "int4")` to finish (Q8_0 and other types, the head). The model is built
+    without random initialisation (SkipInitialisation).
+    """
     from lmforge.models import build_model
 
     file = read_gguf(path)
     config = model_config(file)
-    model = build_model(config)
-    state = state_dict(file, config, dtype)
-    expected = model.state_dict()
+    layers, used = int4_layers(file, config, dtype) if int4_blocks else ({}, set())
+    with SkipInitialisation() if int4_blocks else contextlib.nullcontext():
+        model = build_model(config)
+    state = state_dict(file, config, dtype, skip=used)
+    taken = {f"{module}.{kind}" for module in layers for kind in ("weight", "bias")}
+    _check_tensors(file, {k: t for k, t in model.state_dict().items() if k not in taken}, state)
+    model.load_state_dict(state, strict=not layers)
+    # NOTE: the projections read as int4 go in after .to(dtype), which would turn their bfloat16 scales
+    # into dtype; the float layers they replace leave first, never filled (SkipInitialisation).
+    for name in layers:
+        _set_module(model, name, nn.Identity())
+    model = model.to(device=device, dtype=dtype)
+    for name, layer in layers.items():
+        _set_module(model, name, layer)
+    generation = _generation_config(file)
+    if generation:
+        model.generation_config = generation
+    model.name_or_path = str(file.path)
+    return model.eval()
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def _check_tensors(file: GGUFFile, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has an extra {unexpected[0]}"
@@ -340,14 +434,13 @@ def load_gguf_model(
                 f"{file.path.name}: tensor {key} has shape {tuple(state[key].shape)} but the metadata "
                 f"implies {tuple(tensor.shape)}"
             )
-    model.load_state_dict(state)
+
+
+def _generation_config(file: GGUFFile) -> dict:
     eos_ids = generation_eos_ids(file)
     generation = {"eos_token_id": eos_ids} if len(eos_ids) > 1 else {}
     for ours, key in SAMPLING_KEYS:
         if isinstance(file.metadata.get(key), (int, float)):
             value = file.metadata[key]
             generation[ours] = value if isinstance(value, int) else _float32_value(value)
-    if generation:
-        model.generation_config = generation
-    model.name_or_path = str(file.path)
-    return model.to(device=device, dtype=dtype).eval()
+    return generation

@@ -232,19 +232,23 @@ def load_model(
 
     Weights holding NaN or Inf are refused by name, unless allow_nonfinite (then: a warning).
     quantize ("int8" or "int4"): a decoder's linear layers quantized once loaded, for CPU inference
-    (lmforge.nn.quant.quantize_model).
+    (lmforge.nn.quant.quantize_model). With int4, a GGUF file's Q4_0 and Q4_1 projections become int4
+    layers straight from their blocks, without a float round trip (lmforge/gguf/blocks.py).
     """
     from lmforge.nn.quant import check_mode, quantize_model
 
     if quantize is not None:
         check_mode(quantize)  # a bad mode is one line before the weights load
-    model = _load_float_model(name_or_path, dtype=dtype, device=device, allow_nonfinite=allow_nonfinite)
+    int4_blocks = quantize == "int4" and torch.device(device).type == "cpu"
+    model = _load_float_model(
+        name_or_path, dtype=dtype, device=device, allow_nonfinite=allow_nonfinite, int4_blocks=int4_blocks
+    )
     if quantize is not None:
         quantize_model(model, quantize)
     return model
 
 
-def _load_float_model(name_or_path, *, dtype, device, allow_nonfinite):
+def _load_float_model(name_or_path, *, dtype, device, allow_nonfinite, int4_blocks=False):
     from lmforge.hub import resolve_model
     from lmforge.models import build_model
     from lmforge.models.heads import TASK_MODELS, ClassifierConfig
@@ -253,8 +257,9 @@ def _load_float_model(name_or_path, *, dtype, device, allow_nonfinite):
     if path.suffix == ".gguf" and path.is_file():  # llama.cpp's single-file format (lmforge/gguf)
         from lmforge.gguf import load_gguf_model
 
-        model = load_gguf_model(path, dtype=dtype, device=device)
-        found = nonfinite_tensors(model.state_dict())  # by lmforge's names: GGUF blocks dequantized
+        model = load_gguf_model(path, dtype=dtype, device=device, int4_blocks=int4_blocks)
+        # By lmforge's names: GGUF blocks dequantized (or, read as int4, their scales and zero points).
+        found = nonfinite_tensors(model.state_dict())
         report_nonfinite([(path, *f) for f in found], allow_nonfinite)
         return model
     ckpt_dir = resolve_checkpoint_dir(path)

@@ -87,7 +87,9 @@ class Int8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     """`nn.Linear` with 4-bit weights, a scale and a zero point per group of `group_size` inputs."""
 
-    def __init__(self, base: nn.Linear, group_size: int = 32):
+    def __init__(self, base: nn.Linear, group_size: int = 32, *, codes: tuple | None = None):
+        """base's weight quantized by `quantize_int4`, or (from_codes) `codes` = (codes, scales, zeros)
+        as quantize_int4 gives them, with base standing only for the shapes and the bias."""
         super().__init__(base)
         if not fits_int4(base, group_size):
             raise LmforgeError(
@@ -95,10 +97,10 @@ class Int4Linear(QuantizedLinear):
                 f"this layer is ({base.out_features}, {base.in_features})"
             )
         self.group_size = group_size
-        codes, scales, zeros = quantize_int4(base.weight.detach(), group_size)
+        codes, scales, zeros = codes or quantize_int4(base.weight.detach(), group_size)
         self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2))
         # (in / group_size, out, 2): the layout the kernel reads, scale then zero point.
-        scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
+        scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).to(COMPUTE_DTYPE).contiguous()
         self.register_buffer("scales", scales_and_zeros)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +108,32 @@ class Int4Linear(QuantizedLinear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        group_size: int = 32,
+    ) -> Int4Linear:
+        """A layer from codes already on the int4 grid, with no float weight ever made: codes (out, in)
+        of an integer dtype in [0, 15], scales and zero points (out, in / group_size) such that the
+        weight is `(codes - 8) * scale + zero` (those two rounded to COMPUTE_DTYPE here). GGUF's Q4_0
+        and Q4_1 blocks arrive this way (lmforge/gguf/blocks.py)."""
+        out_features, in_features = codes.shape
+        if scales.shape != zeros.shape or scales.shape != (out_features, in_features // group_size):
+            raise LmforgeError(
+                f"int4 codes of shape {tuple(codes.shape)} in groups of {group_size} need scales and zero "
+                f"points of shape {(out_features, in_features // group_size)}; got {tuple(scales.shape)} "
+                f"and {tuple(zeros.shape)}"
+            )
+        shape = nn.Linear(in_features, out_features, bias=False, device="meta")  # shapes only, no memory
+        layer = cls(shape, group_size, codes=(codes.to(torch.int32), scales, zeros))
+        if bias is not None:
+            layer.bias = bias.detach().clone()
+        return layer
 
 
 def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
