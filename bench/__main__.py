@@ -146,7 +146,24 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
         results["quant"] = quant.run(quick=mode == "quick")
     if plan.serve_tokens:
         results["serving"] = _serving_rows(plan)
+    results["profile"] = _profile(plan)
     return results
+
+
+def _profile(plan: Plan) -> dict:
+    from bench import profile
+
+    # The first training and decoding comparisons of the plan: tiny 8 x 256, demo batch 1 (full, quick).
+    result = profile.run(plan.train[0], plan.generate[0], warmup=plan.warmup, rounds=min(plan.repeats, 5))
+    for key in ("train", "decode"):
+        row = result[key]
+        shares = "; ".join(
+            f"{side} {row[side]['ms']:.2f} ms, matmuls {row[side]['matmul_ms'] / row[side]['ms']:.0%}, "
+            f"outside aten {row[side]['outside_aten_ms'] / row[side]['ms']:.0%}"
+            for side in ("lmforge", "transformers")
+        )
+        say(f"profile {row['label']}, per {row['unit']}: {shares}")
+    return result
 
 
 def _serving_rows(plan: Plan) -> list[dict]:

@@ -60,6 +60,7 @@ def render(results: dict) -> str:
         *([_gguf(results["gguf"])] if "gguf" in results else []),
         *([_quant(results["quant"])] if "quant" in results else []),
         *([_serving(results["serving"])] if "serving" in results else []),
+        *([_profile(results["profile"])] if "profile" in results else []),
     ]
     return "\n".join(parts)
 
@@ -262,5 +263,11 @@ def _serving(rows: list[dict]) -> str:
 
 def _quant(results: dict) -> str:
     from bench.quant import markdown
+
+    return markdown(results)
+
+
+def _profile(results: dict) -> str:
+    from bench.profile import markdown
 
     return markdown(results)

@@ -84,6 +84,11 @@ def test_smoke_run_writes_well_formed_results(tmp_path):
     for heading in ("## Matmul ceilings", "## Training", "## Generation", "## Data preparation"):
         assert heading in report
     assert "Smoke run" in report and results["machine"]["cpu"] in report
+    assert "## Where the time goes" in report
+    profiled = [
+        results["profile"][k][side] for k in ("train", "decode") for side in ("lmforge", "transformers")
+    ]
+    assert all(row["aten_ms"] > 0 and row["top"] for row in profiled)
 
 
 @pytest.mark.slow
