@@ -55,6 +55,8 @@ def _load_model(args):
         quantize=getattr(args, "quantize", None),  # the verbs with --quantize
     )
     model.set_attention(args.attention)
+    if hasattr(args, "quantize") and hasattr(model, "fuse_projections"):
+        model.fuse_projections()  # the decoding verbs: fewer, larger products per token, never saved
     return model
 
 

@@ -78,6 +78,12 @@ class PretrainedModel(nn.Module):
         # NOTE: the files are Hugging Face's format, which model code does not know: lmforge.hf writes
         # them, and depends on lmforge.models, never the reverse (tests/test_layering.py). This method
         # is only the familiar spelling, so it finds the writer by module name when it is called.
+        rewritten = getattr(self, "quantization", None) or getattr(self, "is_fused", False)
+        if rewritten and state_dict is None:
+            raise LmforgeError(
+                "this model was rewritten for inference (quantized, or its projections fused), so its layers are "
+                "no longer a checkpoint's; save the model as loaded, before quantize_model or fuse_projections"
+            )
         hf = importlib.import_module("lmforge.hf")
         hf.save_model(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)
 

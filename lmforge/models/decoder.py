@@ -23,6 +23,7 @@ class CausalLM(PretrainedModel):
 
     config: object
     is_encoder_decoder = False
+    is_fused = False  # fuse_projections has run: an inference-only model
 
     def forward(
         self,
@@ -73,6 +74,19 @@ class CausalLM(PretrainedModel):
             device=self.device,
             is_static=is_static,
         )
+
+    def fuse_projections(self) -> int:
+        """For inference: in every block, the query, key and value projections become one linear
+        layer, and a gated MLP's gate and up projections another, so a decode step makes fewer, larger
+        matrix products (SmolLM2-135M: 4 a block instead of 7). The same values; but the checkpoint's
+        layers are gone, so the model can no longer be saved or trained. Returns how many were fused."""
+        fused = 0
+        for block in self.blocks:
+            fused += block.attn.fuse_qkv()
+            fuse_gate_up = getattr(block.mlp, "fuse_gate_up", None)
+            fused += bool(fuse_gate_up and fuse_gate_up())
+        self.is_fused = self.is_fused or fused > 0
+        return fused
 
     def init_weights(self) -> None:
         """N(0, 0.02) weights and zero biases; the projections that write into the residual stream

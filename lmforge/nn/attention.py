@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.nn.fuse import stack_linears
 from lmforge.nn.position import apply_rope
 
 ATTENTION_KERNELS = ("sdpa", "reference")  # PyTorch's fused kernel; the formula written out
@@ -209,6 +210,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.kernel = "sdpa"  # or "reference" (ATTENTION_KERNELS; PretrainedModel.set_attention)
         self.record: list[torch.Tensor] | None = None  # where the reference kernel appends its probs
+        self.qkv_proj: nn.Module | None = None  # q_proj, k_proj and v_proj in one, once fused (fuse_qkv)
 
     def forward(
         self,
@@ -221,13 +223,13 @@ class Attention(nn.Module):
         """x (B, T, d_model) attends to itself as `feed` says (None: to every token, uncached), or,
         given a `context`, to the other sequence it holds. rope: the (cos, sin) of x's positions."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, n_heads, T, d_head)
         if context is not None:
+            q = self._heads(self.q_proj(x), self.n_heads)  # (B, n_heads, T, d_head)
             k, v = context.keys_values(self.layer_idx, self._keys_values)
             mask, is_causal = context.mask, False
         else:
             feed = feed or Feed()
-            k, v = self._keys_values(x)
+            q, k, v = self._queries_keys_values(x)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k, v = feed.update(self.layer_idx, k, v)
@@ -248,11 +250,36 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # (B, T, n_heads * d_head)
         return self.o_proj(out)
 
+    def _heads(self, projected: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """(B, T, n_heads * d_head) -> (B, n_heads, T, d_head)."""
+        B, T, _ = projected.shape
+        return projected.view(B, T, n_heads, self.d_head).transpose(1, 2)
+
     def _keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, S, _ = source.shape
-        k = self.k_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
-        v = self.v_proj(source).view(B, S, self.n_kv_heads, self.d_head).transpose(1, 2)
-        return k, v  # (B, n_kv_heads, S, d_head) each
+        k, v = self.k_proj(source), self.v_proj(source)
+        return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)  # (B, n_kv_heads, S, d_head)
+
+    def _queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's q (B, n_heads, T, d_head), k and v (B, n_kv_heads, T, d_head): three
+        products, or one where the projections are fused (`fuse_qkv`)."""
+        if self.qkv_proj is None:
+            return self._heads(self.q_proj(x), self.n_heads), *self._keys_values(x)
+        n_q, n_kv = self.n_heads * self.d_head, self.n_kv_heads * self.d_head
+        q, k, v = self.qkv_proj(x).split((n_q, n_kv, n_kv), dim=-1)
+        return self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+
+    def fuse_qkv(self) -> bool:
+        """For inference: replace q_proj, k_proj and v_proj by one `qkv_proj` (their rows stacked), so
+        self-attention makes one matrix product where it made three. False (nothing done) where they
+        cannot be stacked (LoRA layers: lmforge/nn/fuse.py) or are fused already. The model then
+        computes the same values but no longer has its checkpoint's layers (it cannot be saved or trained)."""
+        projections = [getattr(self, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+        fused = None if self.qkv_proj is not None else stack_linears(projections)
+        if fused is None:
+            return False
+        del self.q_proj, self.k_proj, self.v_proj
+        self.qkv_proj = fused
+        return True
 
 
 @contextlib.contextmanager

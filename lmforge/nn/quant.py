@@ -211,6 +211,7 @@ def quantize_model(model: nn.Module, mode: str, *, group_size: int = 32, head: s
         raise LmforgeError(f"this model is already quantized ({model.quantization})")
     if model.device.type != "cpu":
         raise LmforgeError(f"quantized layers run on the CPU only; this model is on {model.device}")
+    model.fuse_projections()  # fewer, larger products: q/k/v in one layer, gate/up in one
     modes = {f"blocks.{n}": mode for n, m in model.blocks.named_modules() if isinstance(m, nn.Linear)}
     if head is not None and isinstance(getattr(model, "lm_head", None), nn.Linear):
         modes["lm_head"] = head  # tied to the embedding: the head gets its own copy, the lookup stays float

@@ -104,6 +104,7 @@ def test_quantized_decoder_stays_close_to_float_and_generates(family, mode):
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(ids)
+    model.fuse_projections()  # as quantize_model does first: q/k/v in one layer, gate/up in one
     linears = sum(isinstance(m, nn.Linear) for m in model.blocks.modules())
     done = quantize_model(model, mode)
     kind = "Int8Linear" if mode == "int8" else "Int4Linear"
