@@ -27,7 +27,13 @@ class StaticDecoder:
     """
 
     def __init__(
-        self, model, batch_size: int, max_len: int, *, use_compile: bool = False, is_static: bool | None = None
+        self,
+        model,
+        batch_size: int,
+        max_len: int,
+        *,
+        use_compile: bool = False,
+        is_static: bool | None = None,
     ):
         self.model = model
         # NOTE: eager, the static cache costs more than it saves: attention reads every slot (masked)
