@@ -16,6 +16,7 @@ from torch import nn
 
 from lmforge.models.base import PretrainedModel
 from lmforge.nn import Feed, KVCache, allocate_cache
+from lmforge.nn.fuse import swap_one_row_linears
 
 
 class CausalLM(PretrainedModel):
@@ -78,13 +79,15 @@ class CausalLM(PretrainedModel):
     def fuse_projections(self) -> int:
         """For inference: in every block, the query, key and value projections become one linear
         layer, and a gated MLP's gate and up projections another, so a decode step makes fewer, larger
-        matrix products (SmolLM2-135M: 4 a block instead of 7). The same values; but the checkpoint's
+        matrix products (SmolLM2-135M: 4 a block instead of 7); then large float32 layers multiply a
+        single row faster (lmforge/nn/fuse.py, OneRowLinear). The same values; but the checkpoint's
         layers are gone, so the model can no longer be saved or trained. Returns how many were fused."""
         fused = 0
         for block in self.blocks:
             fused += block.attn.fuse_qkv()
             fuse_gate_up = getattr(block.mlp, "fuse_gate_up", None)
             fused += bool(fuse_gate_up and fuse_gate_up())
+        swap_one_row_linears(self)
         self.is_fused = self.is_fused or fused > 0
         return fused
 

@@ -12,7 +12,7 @@ from lmforge.inference import GenerationConfig, generate_ids
 from lmforge.models import build_model, get_preset
 from lmforge.models.llama import LlamaConfig
 from lmforge.nn import apply_lora
-from lmforge.nn.fuse import INT4_ROW_BLOCK, stack_linears
+from lmforge.nn.fuse import INT4_ROW_BLOCK, OneRowLinear, stack_linears
 from lmforge.nn.quant import Int4Linear, Int8Linear, quantize_model
 
 # GPT-2 (biases, one kind of head) and Llama with grouped-query attention (2 key/value heads for 4).
@@ -112,3 +112,32 @@ def test_a_fused_model_is_not_saved(tmp_path):
         model.save_pretrained(tmp_path / "out")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shape", [(48,), (1, 48), (1, 1, 48), (3, 48), (2, 5, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_linear_equals_linear(shape, bias, dtype):
+    """One float32 row takes the two-row product; any other input F.linear: the same values and shape."""
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 40, bias=bias).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    expected = layer(x)
+    layer.__class__ = OneRowLinear
+    got = layer(x)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 if dtype == torch.float32 else 0)
+
+
+def test_fused_model_swaps_large_float_layers_and_keeps_the_head_tied(monkeypatch):
+    model = _model("gpt2")
+    prompts = [[5, 6, 7], [8, 9]]
+    expected = _greedy(model, prompts[:1]) + _greedy(model, prompts)
+    monkeypatch.setattr(
+        OneRowLinear, "MIN_ELEMENTS", 64 * 200
+    )  # the tiny model's up/down (64 x 256) and head
+    model.fuse_projections()
+    assert type(model.lm_head) is OneRowLinear and model.lm_head.weight is model.embed.weight
+    assert type(model.blocks[0].mlp.up_proj) is OneRowLinear
+    assert type(model.blocks[0].attn.qkv_proj) is nn.Linear  # 192 x 64: too small to gain
+    assert _greedy(model, prompts[:1]) + _greedy(model, prompts) == expected
