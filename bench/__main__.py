@@ -147,6 +147,11 @@ def run(plan: Plan, mode: str, *, bf16: bool) -> dict:
     if plan.serve_tokens:
         results["serving"] = _serving_rows(plan)
     results["profile"] = _profile(plan)
+    if mode == "full":
+        from bench import gpu
+
+        results["gpu"] = gpu.run(warmup=plan.warmup, repeats=plan.repeats)
+        say(f"GPU: {results['gpu'].get('skipped') or results['gpu']['device']}")
     return results
 
 

@@ -1,6 +1,6 @@
 """Generation speed: greedy decoding with lmforge's `generate_ids` against `transformers`' `generate`
 (KV cache on), on the same weights: the lmforge model is saved as a Hugging Face checkpoint and
-loaded by transformers.
+loaded by transformers, then fused for inference as the generate verb does (`fuse_projections`).
 
 Both sides generate exactly `new_tokens` tokens per row: lmforge is given no EOS ids, transformers
 `min_new_tokens`. Time to first token (TTFT) is the prefill plus the first token; decode tokens/s
@@ -29,6 +29,7 @@ class GenerateCase:
     batch_size: int
     prompt_len: int  # the longest prompt; with a batch, lengths spread from half of it up to it
     new_tokens: int
+    device: str = "cpu"  # "cuda" for the GPU section (bench/gpu.py)
 
 
 def prompts_for(case: GenerateCase, vocab_size: int, seed: int = 0) -> list[list[int]]:
@@ -79,6 +80,7 @@ def transformers_run(model, prompts: list[list[int]], new_tokens: int) -> tuple[
     longest = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])  # left padding, as for decoding
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = ids.to(model.device), mask.to(model.device)
     start = time.perf_counter()
     clock = _FirstTokenClock(start)
     generated = model.generate(
@@ -100,7 +102,10 @@ def run_case(case: GenerateCase, *, warmup: int, repeats: int) -> dict:
     base = get_preset(case.shape)
     config = get_preset(case.shape, max_seq_len=max(base.max_seq_len, case.prompt_len + case.new_tokens))
     dtype = torch.bfloat16 if case.precision == "bfloat16" else torch.float32
-    models = [m.to(dtype).eval() for m in same_weight_pair(config)]
+    models = [m.to(case.device, dtype).eval() for m in same_weight_pair(config)]
+    # As `lmforge generate` runs it: q/k/v (and gate/up) in one layer each, large float32 layers faster
+    # on one row (lmforge/nn/fuse.py); transformers' GPT-2 has its q/k/v in one layer already.
+    models[0].fuse_projections()
     prompts = prompts_for(case, config.vocab_size)
     outputs: dict[str, list[list[int]]] = {}
     sides = {}
@@ -115,7 +120,7 @@ def run_case(case: GenerateCase, *, warmup: int, repeats: int) -> dict:
     result = interleave(sides, warmup=warmup, repeats=repeats, label=label)
     pairs = [(a, b) for x, y in zip(outputs["lmforge"], outputs["transformers"]) for a, b in zip(x, y)]
     row = {
-        **{k: getattr(case, k) for k in ("shape", "precision", "batch_size", "new_tokens")},
+        **{k: getattr(case, k) for k in ("shape", "precision", "batch_size", "new_tokens", "device")},
         "prompt_lens": sorted({len(p) for p in prompts}),
         # What one token of decoding reads at least: every weight once (a tied head counted once).
         "weight_bytes": sum(p.numel() * p.element_size() for p in models[0].parameters()),

