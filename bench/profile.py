@@ -5,7 +5,8 @@ AdamW) and the demo shape's batch-1 greedy decode (bench/generate.py's runs).
 Per side: the aten ops with the most self CPU time; that time split into matmul kernels, attention
 kernels and every other aten op; and the time outside aten (Python, module calls, autograd and
 dispatch bookkeeping), which is the wall time of unprofiled runs minus the aten self time of profiled
-ones. Both are medians over interleaved rounds (A B A B ...), like every other comparison here.
+ones. Of interleaved rounds (A B A B ...), like every other comparison here, each side's round of
+median wall time is shown.
 
 NOTE: the profiler adds a few microseconds to every op it records, and that lands in the aten times,
 so a side that runs many small ops (decoding) reads a little heavier inside aten, and lighter outside
@@ -17,15 +18,16 @@ Run alone as `python -m bench.profile [--quick]`: it prints the section it would
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import gc
 import os
-import statistics
 import sys
 from collections.abc import Callable
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from bench.timing import timed
@@ -76,11 +78,40 @@ def aten_self_ms(run: Callable[[], object], calls: int) -> dict[str, tuple[float
     finally:
         with _stderr_silenced():
             prof.stop()
-    return {
-        e.key: (e.self_cpu_time_total / 1e3 / calls, e.count / calls)
-        for e in prof.key_averages()
-        if e.key.startswith("aten::")
-    }
+    # NOTE: the raw events, not key_averages(): building its Python event tree takes seconds for the
+    # ~80,000 ops of one decode, which is most of this section's cost.
+    totals = self_times(prof.profiler.kineto_results.events())
+    return {op: (ns / 1e6 / calls, n / calls) for op, (ns, n) in totals.items() if op.startswith("aten::")}
+
+
+def self_times(events) -> dict[str, list[int]]:
+    """{op: [self ns, calls]} of the profiler's CPU events: each op's duration less that of the ops
+    nested directly inside it on the same thread (its children), as key_averages() counts self time.
+    An op nested in one of its own name (a redispatch) is the same call."""
+    threads: dict[int, list[tuple[int, int, str]]] = collections.defaultdict(list)
+    for e in events:
+        if e.device_type() == DeviceType.CPU:
+            threads[e.start_thread_id()].append((e.start_ns(), e.end_ns(), e.name()))
+    totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+
+    def close(span: list) -> None:
+        start, end, name, children, is_call = span
+        totals[name][0] += end - start - children
+        totals[name][1] += is_call
+
+    for spans in threads.values():
+        spans.sort(key=lambda s: (s[0], -s[1]))  # a parent before the children that start with it
+        open_spans: list[list] = []  # [start, end, name, children's ns, is_call], innermost last
+        for start, end, name in spans:
+            while open_spans and open_spans[-1][1] <= start:
+                close(open_spans.pop())
+            parent = open_spans[-1] if open_spans else None
+            if parent:
+                parent[3] += end - start
+            open_spans.append([start, end, name, 0, not parent or parent[2] != name])
+        while open_spans:
+            close(open_spans.pop())
+    return totals
 
 
 def breakdown(wall_ms: float, ops: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -101,32 +132,26 @@ def breakdown(wall_ms: float, ops: dict[str, tuple[float, float]]) -> dict[str, 
 
 def measure(sides: dict[str, Callable[[], object]], *, warmup: int, rounds: int, calls: int) -> dict:
     """Per side and round: `calls` unprofiled calls (the wall time), then `calls` profiled ones (the aten
-    ops); the rounds interleave the sides. Per side: the medians of each round's breakdown and per op."""
+    ops); the rounds interleave the sides. Per side: the round of median wall time, whole, so that its
+    parts add up (medians of each part, taken apart, need not)."""
     for _ in range(warmup):
         for run in sides.values():
             run()
-    rows: dict[str, list[dict]] = {name: [] for name in sides}
-    ops: dict[str, list[dict]] = {name: [] for name in sides}
+    rounds_of: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(rounds):
         for name, run in sides.items():
             gc.collect()  # one triggered mid-run would be charged to whichever side ran then
             wall_ms = 1e3 * timed(lambda run=run: [run() for _ in range(calls)]) / calls
             gc.collect()
-            ops[name].append(aten_self_ms(run, calls))
-            rows[name].append(breakdown(wall_ms, ops[name][-1]))
-    result = {}
-    for name in sides:
-        medians = {key: statistics.median(r[key] for r in rows[name]) for key in rows[name][0]}
-        per_op = {
-            op: statistics.median(o.get(op, (0.0, 0.0))[0] for o in ops[name])
-            for op in set().union(*ops[name])
-        }
-        result[name] = {**medians, "ops": per_op}
-    return result
+            ops = aten_self_ms(run, calls)
+            rounds_of[name].append(
+                {**breakdown(wall_ms, ops), "ops": {op: ms for op, (ms, _) in ops.items()}}
+            )
+    return {name: sorted(rows, key=lambda r: r["ms"])[len(rows) // 2] for name, rows in rounds_of.items()}
 
 
 def summarize(side: dict, units: int) -> dict:
-    """One side's medians per unit (a training step, a generated token) and its top ops with their
+    """One side's round per unit (a training step, a generated token) and its top ops with their
     share of the wall time."""
     row = {key: value / units for key, value in side.items() if key != "ops"}
     top = sorted(side["ops"].items(), key=lambda kv: -kv[1])[:TOP]
@@ -194,13 +219,14 @@ def run(train_case: tuple, generate_case: tuple, *, warmup: int, rounds: int) ->
     return results
 
 
-PROFILE_NOTE = """torch.profiler (CPU, {threads} threads) over both sides of two comparisons above, on the same
-weights and inputs: medians of {rounds} interleaved rounds. Matmuls: the self time of `mm`, `addmm`,
-`bmm`, `baddbmm`, `linear`, `matmul` (and the int8/int4 weight-only kernels); attention: SDPA's fused
-kernels (forward and backward). Outside aten: the wall time of unprofiled runs minus the
-aten self time of profiled ones, i.e. Python, module calls, autograd and dispatch bookkeeping (the
-profiler's own cost per op lands inside aten, so this is a lower bound). Shares are of the wall time.
-A decode token's figures are the whole generation (prefill included) over the tokens generated.
+PROFILE_NOTE = """torch.profiler (CPU, {threads}) over both sides of two comparisons above, on the same
+weights and inputs, in {rounds} interleaved rounds (each round: unprofiled runs, then profiled ones);
+each side's round of median wall time is shown. Matmuls: the self time of `mm`, `addmm`, `bmm`,
+`baddbmm`, `linear`, `matmul` (and the int8/int4 weight-only kernels); attention: SDPA's fused kernels
+(forward and backward). Outside aten: the unprofiled wall time minus the profiled aten self time, i.e.
+Python, module calls, autograd and dispatch bookkeeping (a lower bound: some of the profiler's own
+cost per op lands inside aten). Shares are of the unprofiled wall time. A decode token's figures are
+the whole generation (prefill included) over the tokens generated.
 """
 
 
@@ -234,7 +260,8 @@ def _comparison(row: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The BENCHMARKS.md section "Where the time goes"."""
-    note = PROFILE_NOTE.format(threads=results["threads"], rounds=results["rounds"])
+    threads = f"{results['threads']} thread{'s' * (results['threads'] > 1)}"
+    note = PROFILE_NOTE.format(threads=threads, rounds=results["rounds"])
     parts = [_comparison(results[key]) for key in ("train", "decode")]
     return "## Where the time goes\n\n" + note + "\n" + "\n".join(parts)
 
