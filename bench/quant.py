@@ -1,11 +1,14 @@
 """Weight-only int8 / int4 decoding on the CPU (lmforge/nn/quant.py) on the real SmolLM2-135M-Instruct:
 its quality and its speed against float32. `python -m bench.quant [--quick] [--out DIR]`.
 
-Every variant loads the same GGUF file (Q4_1 blocks, its head tied to a Q8_0 embedding), dequantized to
-float32 by `lmforge.load_model`, then quantized by `quantize_model`. NOTE: so float32 here is itself a
-4-bit model, and int4 in groups of 32 re-quantizes values that already sit on a 4-bit grid of groups of
-32: near lossless by construction. int4 in groups of 64 straddles two GGUF blocks and shows what
-re-quantizing costs; on a model trained in float, int4 would lose more than either row shows here.
+Every variant loads the same GGUF file (Q4_1 blocks, its head tied to a Q8_0 embedding) and is fused for
+decoding (`fuse_projections`), as the CLI's decoding verbs do. The main variants are what users get:
+float32 and bfloat16 by `lmforge.load_model` (dequantized), int8 and int4 by `load_model(path,
+quantize=...)` (`--quantize`), whose int4 layers take the file's Q4_1 codes as they are (lmforge/gguf/
+blocks.py). The other variants load float32 (or bfloat16) and re-derive their codes with `quantize_model`.
+NOTE: so float32 here is itself a 4-bit model, and "int4" is that same 4-bit model on int4 kernels (its
+scales rounded to bfloat16): near lossless by construction. int4 in groups of 64 straddles two GGUF blocks
+and shows what re-quantizing costs; on a model trained in float, int4 would lose more than either shows.
 
 Quality, on bench/quant_text.txt (English prose written for this benchmark, so in no training set):
 perplexity over the whole text in one pass, top-1 agreement of each position's next token with
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,33 +35,43 @@ CHAT_PROMPTS = (
 SPEED_PROMPT = CHAT_PROMPTS[0]
 NEW_TOKENS = 64
 REPLY_TOKENS = 48
-# name -> (weights dtype, quantize_model arguments or None, float32 activations in the quantized layers)
+
+
+@dataclass(frozen=True)
+class Variant:
+    dtype: torch.dtype = torch.float32  # the weights' dtype at load
+    at_load: str | None = None  # load_model's `quantize` (--quantize): int4 straight from the file's blocks
+    quantize: dict | None = None  # else quantize_model's arguments, on the loaded float model
+    float_activations: bool = False  # float32 activations in the quantized layers
+
+
 VARIANTS = {
-    "float32": (torch.float32, None, False),
-    "bfloat16": (torch.bfloat16, None, False),
-    "int8": (torch.float32, {"mode": "int8"}, False),
-    "int4": (torch.float32, {"mode": "int4"}, False),
-    "int8 (float32 activations)": (torch.float32, {"mode": "int8"}, True),
-    "int4 (float head)": (torch.float32, {"mode": "int4", "head": None}, False),
-    "int4 (int4 head)": (torch.float32, {"mode": "int4", "head": "int4"}, False),
-    "int4 (groups of 64)": (torch.float32, {"mode": "int4", "group_size": 64}, False),
-    "int8 (bfloat16 model)": (torch.bfloat16, {"mode": "int8"}, False),
-    "int4 (bfloat16 model)": (torch.bfloat16, {"mode": "int4"}, False),
+    "float32": Variant(),
+    "bfloat16": Variant(torch.bfloat16),
+    "int8": Variant(at_load="int8"),
+    "int4": Variant(at_load="int4"),
+    "int8 (float32 activations)": Variant(quantize={"mode": "int8"}, float_activations=True),
+    "int4 (float head)": Variant(quantize={"mode": "int4", "head": None}),
+    "int4 (int4 head)": Variant(quantize={"mode": "int4", "head": "int4"}),
+    "int4 (groups of 64)": Variant(quantize={"mode": "int4", "group_size": 64}),
+    "int8 (bfloat16 model)": Variant(torch.bfloat16, quantize={"mode": "int8"}),
+    "int4 (bfloat16 model)": Variant(torch.bfloat16, quantize={"mode": "int4"}),
 }
 MAIN = ("float32", "bfloat16", "int8", "int4")  # --quick measures only these; replies are shown for these
 
 
 def load_variant(path, name: str):
-    """The SmolLM2 model as variant `name` says."""
+    """The SmolLM2 model as variant `name` says, fused for decoding (lmforge/cli.py, _load_model)."""
     import lmforge
     from lmforge.nn.quant import quantize_model
 
-    dtype, quantize, float_activations = VARIANTS[name]
-    model = lmforge.load_model(path, dtype=dtype)
-    if quantize is not None:
-        quantize_model(model, **quantize)
-    if float_activations:
+    variant = VARIANTS[name]
+    model = lmforge.load_model(path, dtype=variant.dtype, quantize=variant.at_load)
+    if variant.quantize is not None:
+        quantize_model(model, **variant.quantize)
+    if variant.float_activations:
         model.float()  # the scales to float32, and with them the kernels' activations (lmforge/nn/quant.py)
+    model.fuse_projections()  # a float model's only rewrite; a quantized one is fused already
     return model
 
 
@@ -196,6 +210,11 @@ def markdown(results: dict) -> str:
 
 def _conditions(results: dict) -> str:
     text = f"{machine_line(results['machine'])}, {results['machine']['date']}. {results['file']}"
+    text += (
+        ", every variant fused for decoding as the CLI runs it (float32 included); int8 and int4 loaded "
+        "as `--quantize` loads them (int4 from the file's Q4_1 codes), the variants in parentheses "
+        "re-quantized from the loaded float model by `quantize_model`"
+    )
     if "quality" in results:
         text += f"; perplexity over {results['quality']['text_tokens']:,} tokens of bench/quant_text.txt"
     if "speed" in results:
