@@ -4,13 +4,13 @@ AdamW) and the demo shape's batch-1 greedy decode (bench/generate.py's runs).
 
 Per side: the aten ops with the most self CPU time; that time split into matmul kernels, attention
 kernels and every other aten op; and the time outside aten (Python, module calls, autograd and
-dispatch bookkeeping), which is the wall time of unprofiled runs minus the aten self time of profiled
-ones. Of interleaved rounds (A B A B ...), like every other comparison here, each side's round of
+dispatch bookkeeping), between the wall time of unprofiled runs and that of profiled ones, less the
+aten self time. Of interleaved rounds (A B A B ...), like every other comparison here, each side's round of
 median wall time is shown.
 
-NOTE: the profiler adds a few microseconds to every op it records, and that lands in the aten times,
-so a side that runs many small ops (decoding) reads a little heavier inside aten, and lighter outside
-it, than it runs unprofiled.
+NOTE: the profiler adds a microsecond or two to every op it records, partly inside the op's self time,
+so a side that runs many small ops (decoding, a training step's ~2,500) reads a little heavier inside
+aten than it runs unprofiled; hence two bounds on the time outside it.
 
 Run alone as `python -m bench.profile [--quick]`: it prints the section it would write.
 """
@@ -67,21 +67,22 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def aten_self_ms(run: Callable[[], object], calls: int) -> dict[str, tuple[float, float]]:
-    """{aten op: (self CPU ms, calls of the op)} per call of `run`, over `calls` profiled calls."""
+def profiled(run: Callable[[], object], calls: int) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The wall ms per call of `run` under the profiler, over `calls` calls, and {aten op: (self CPU ms,
+    calls of the op)} per call."""
     prof = profile(activities=[ProfilerActivity.CPU])
     with _stderr_silenced():
         prof.start()
     try:
-        for _ in range(calls):
-            run()
+        seconds = timed(lambda: [run() for _ in range(calls)])
     finally:
         with _stderr_silenced():
             prof.stop()
     # NOTE: the raw events, not key_averages(): building its Python event tree takes seconds for the
     # ~80,000 ops of one decode, which is most of this section's cost.
     totals = self_times(prof.profiler.kineto_results.events())
-    return {op: (ns / 1e6 / calls, n / calls) for op, (ns, n) in totals.items() if op.startswith("aten::")}
+    ops = {op: (ns / 1e6 / calls, n / calls) for op, (ns, n) in totals.items() if op.startswith("aten::")}
+    return 1e3 * seconds / calls, ops
 
 
 def self_times(events) -> dict[str, list[int]]:
@@ -114,8 +115,9 @@ def self_times(events) -> dict[str, list[int]]:
     return totals
 
 
-def breakdown(wall_ms: float, ops: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """One round of one side, in ms per call: wall (unprofiled), aten self time and its parts, outside aten."""
+def breakdown(wall_ms: float, profiled_ms: float, ops: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """One round of one side, in ms per call: wall (unprofiled), aten self time and its parts, and the
+    time outside aten, at least (unprofiled wall - aten) and at most (profiled wall - aten)."""
     aten = sum(ms for ms, _ in ops.values())
     matmul = sum(ms for op, (ms, _) in ops.items() if op in MATMUL_OPS)
     attention = sum(ms for op, (ms, _) in ops.items() if is_attention(op))
@@ -126,6 +128,7 @@ def breakdown(wall_ms: float, ops: dict[str, tuple[float, float]]) -> dict[str, 
         "attention_ms": attention,
         "other_aten_ms": aten - matmul - attention,
         "outside_aten_ms": max(0.0, wall_ms - aten),
+        "outside_aten_max_ms": max(0.0, profiled_ms - aten),
         "aten_calls": sum(count for _, count in ops.values()),
     }
 
@@ -143,10 +146,9 @@ def measure(sides: dict[str, Callable[[], object]], *, warmup: int, rounds: int,
             gc.collect()  # one triggered mid-run would be charged to whichever side ran then
             wall_ms = 1e3 * timed(lambda run=run: [run() for _ in range(calls)]) / calls
             gc.collect()
-            ops = aten_self_ms(run, calls)
-            rounds_of[name].append(
-                {**breakdown(wall_ms, ops), "ops": {op: ms for op, (ms, _) in ops.items()}}
-            )
+            profiled_ms, ops = profiled(run, calls)
+            row = breakdown(wall_ms, profiled_ms, ops)
+            rounds_of[name].append({**row, "ops": {op: ms for op, (ms, _) in ops.items()}})
     return {name: sorted(rows, key=lambda r: r["ms"])[len(rows) // 2] for name, rows in rounds_of.items()}
 
 
@@ -223,10 +225,11 @@ PROFILE_NOTE = """torch.profiler (CPU, {threads}) over both sides of two compari
 weights and inputs, in {rounds} interleaved rounds (each round: unprofiled runs, then profiled ones);
 each side's round of median wall time is shown. Matmuls: the self time of `mm`, `addmm`, `bmm`,
 `baddbmm`, `linear`, `matmul` (and the int8/int4 weight-only kernels); attention: SDPA's fused kernels
-(forward and backward). Outside aten: the unprofiled wall time minus the profiled aten self time, i.e.
-Python, module calls, autograd and dispatch bookkeeping (a lower bound: some of the profiler's own
-cost per op lands inside aten). Shares are of the unprofiled wall time. A decode token's figures are
-the whole generation (prefill included) over the tokens generated.
+(forward and backward). Outside aten: Python, module calls, autograd and dispatch bookkeeping, between
+two bounds, because the profiler's own cost per op lands partly inside aten and partly outside: at least
+the unprofiled wall time minus the aten self time, at most the profiled wall time minus it. Shares are
+of the unprofiled wall time. A decode token's figures are the whole generation (prefill included) over
+the tokens generated.
 """
 
 
@@ -243,7 +246,9 @@ def _comparison(row: dict) -> str:
         s = row[side]
         cells = [side, f"{s['ms']:,.2f}"]
         cells += [_ms_share(s[k], s["ms"]) for k in ("matmul_ms", "attention_ms", "other_aten_ms")]
-        cells += [_ms_share(s["outside_aten_ms"], s["ms"]), f"{s['aten_calls']:,.0f}"]
+        low, high = s["outside_aten_ms"], s["outside_aten_max_ms"]
+        cells += [f"{low:,.2f}-{high:,.2f} ({100 * low / s['ms']:.0f}-{100 * high / s['ms']:.0f}%)"]
+        cells.append(f"{s['aten_calls']:,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| # | lmforge op | ms | share | transformers op | ms | share |", "|" + " --- |" * 7]
     ours, theirs = row["lmforge"]["top"], row["transformers"]["top"]
