@@ -189,6 +189,7 @@ def _decode_sides(shape: str, batch_size: int, prompt_len: int, new_tokens: int)
     base = get_preset(shape)
     config = get_preset(shape, max_seq_len=max(base.max_seq_len, prompt_len + new_tokens))
     models = [m.eval() for m in same_weight_pair(config)]
+    models[0].fuse_projections()  # as bench/generate.py (and the generate verb) decode
     prompts = generate.prompts_for(case, config.vocab_size)
     runs = (generate.lmforge_run, generate.transformers_run)
     return {

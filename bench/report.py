@@ -91,6 +91,10 @@ def _ratio(x: float | None) -> str:
     return "" if x is None else f"**{x:.2f}**"
 
 
+def _percent(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
 def _params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
@@ -141,7 +145,7 @@ def _train(rows: list[dict]) -> str:
                 _num(ours["tokens_per_s"]),
                 _num(theirs["tokens_per_s"]),
             ]
-            + [_ratio(r["ratio"]["tokens_per_s"]), f"{100 * ours['mfu']:.1f}%", f"{100 * theirs['mfu']:.1f}%"]
+            + [_ratio(r["ratio"]["tokens_per_s"]), _percent(ours["mfu"]), _percent(theirs["mfu"])]
             + [_num(ours["peak_rss_mb"]), _num(theirs["peak_rss_mb"]), _ratio(r["ratio"].get("peak_rss_mb"))]
             + [str(r["runs"])]
         )

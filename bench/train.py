@@ -32,13 +32,14 @@ class TrainCase:
     batch_size: int
     seq_len: int
     precision: str  # float32 or bfloat16 (autocast)
+    device: str = "cpu"  # "cuda" for the GPU section (bench/gpu.py)
 
 
-def autocast_for(precision: str):
+def autocast_for(precision: str, device: str = "cpu"):
     """A factory of autocast contexts, as the Trainer builds it."""
     if precision == "float32":
         return nullcontext
-    return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def random_tokens(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -115,19 +116,25 @@ def _step_runner(side: str, model, tokens: torch.Tensor, autocast):
     optimizer = make_optimizer(model, lr=LR, weight_decay=0.1)
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
 
+    def step() -> None:
+        STEPS[side](model, optimizer, tokens, autocast)
+        if tokens.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels done, not only queued
+
     def run() -> dict:
-        seconds = timed(lambda: STEPS[side](model, optimizer, tokens, autocast))
+        seconds = timed(step)
         return {"seconds": seconds, "tokens_per_s": n_tokens / seconds}
 
     return run
 
 
-def run_case(case: TrainCase, *, peak: float, warmup: int, repeats: int, memory_steps: int) -> dict:
-    """Tokens/s, MFU and (unless memory_steps is 0) peak memory of both sides for one shape and precision."""
+def run_case(case: TrainCase, *, peak: float | None, warmup: int, repeats: int, memory_steps: int) -> dict:
+    """Tokens/s, MFU (None without a `peak` FLOP/s) and (unless memory_steps is 0) peak memory of both
+    sides for one shape and precision."""
     config = config_for(case)
-    models = dict(zip(STEPS, same_weight_pair(config)))
-    tokens = random_tokens(config.vocab_size, case.batch_size, case.seq_len)
-    autocast = autocast_for(case.precision)
+    models = {side: m.to(case.device) for side, m in zip(STEPS, same_weight_pair(config))}
+    tokens = random_tokens(config.vocab_size, case.batch_size, case.seq_len).to(case.device)
+    autocast = autocast_for(case.precision, case.device)
     sides = {side: _step_runner(side, model, tokens, autocast) for side, model in models.items()}
     label = f"train {case.shape} {case.precision}"
     result = interleave(sides, warmup=warmup, repeats=repeats, label=label)
@@ -149,7 +156,7 @@ def run_case(case: TrainCase, *, peak: float, warmup: int, repeats: int, memory_
         tokens_per_s = result[side]["median"]["tokens_per_s"]
         row[side] = {
             "tokens_per_s": tokens_per_s,
-            "mfu": per_token * tokens_per_s / peak,
+            "mfu": None if peak is None else per_token * tokens_per_s / peak,
             "peak_rss_mb": None,
         }
         if memory_steps:
