@@ -37,9 +37,12 @@ class FewRowsLinear(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def few_rows_linear(batch_size: int, device: torch.device):
+def few_rows_linear(batch_size: int, device: torch.device, model=None):
     """The context that decodes `batch_size` rows fastest on `device`: FewRowsLinear on a CPU with
-    a batch of 2..MAX_ROWS rows, else nothing."""
+    a batch of 2..MAX_ROWS rows, else nothing; nothing either for a model whose linear layers do it
+    themselves (`fuse_projections`: lmforge/nn/fuse.py, DecodeLinear)."""
+    if getattr(model, "has_decode_linears", False):
+        return contextlib.nullcontext()
     if device.type == "cpu" and 2 <= batch_size <= MAX_ROWS:
         return FewRowsLinear()
     return contextlib.nullcontext()

@@ -168,7 +168,7 @@ def _logits_source(model, batch: TokenBuffer, config: GenerationConfig, capacity
             return decoder.prefill(batch.ids[:, : batch.length], mask)
         # NOTE: entered per step, not around the loop: a mode left on across a yield would also
         # catch the caller's own torch calls.
-        with few_rows_linear(n_rows, model.device):
+        with few_rows_linear(n_rows, model.device, model):
             return decoder.step(tokens)
 
     return next_logits

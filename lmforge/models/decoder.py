@@ -16,7 +16,7 @@ from torch import nn
 
 from lmforge.models.base import PretrainedModel
 from lmforge.nn import Feed, KVCache, allocate_cache
-from lmforge.nn.fuse import swap_one_row_linears
+from lmforge.nn.fuse import swap_decode_linears
 
 
 class CausalLM(PretrainedModel):
@@ -24,7 +24,8 @@ class CausalLM(PretrainedModel):
 
     config: object
     is_encoder_decoder = False
-    is_fused = False  # fuse_projections has run: an inference-only model
+    is_fused = False  # fuse_projections has fused layers: an inference-only model
+    has_decode_linears = False  # fuse_projections has made every linear layer a DecodeLinear
 
     def forward(
         self,
@@ -79,15 +80,16 @@ class CausalLM(PretrainedModel):
     def fuse_projections(self) -> int:
         """For inference: in every block, the query, key and value projections become one linear
         layer, and a gated MLP's gate and up projections another, so a decode step makes fewer, larger
-        matrix products (SmolLM2-135M: 4 a block instead of 7); then large float32 layers multiply a
-        single row faster (lmforge/nn/fuse.py, OneRowLinear). The same values; but the checkpoint's
+        matrix products (SmolLM2-135M: 4 a block instead of 7); then every linear layer multiplies the
+        few rows of a decode step faster (lmforge/nn/fuse.py, DecodeLinear). The same values; but the checkpoint's
         layers are gone, so the model can no longer be saved or trained. Returns how many were fused."""
         fused = 0
         for block in self.blocks:
             fused += block.attn.fuse_qkv()
             fuse_gate_up = getattr(block.mlp, "fuse_gate_up", None)
             fused += bool(fuse_gate_up and fuse_gate_up())
-        swap_one_row_linears(self)
+        swap_decode_linears(self)
+        self.has_decode_linears = True  # few rows multiply fast by themselves: no function mode needed
         self.is_fused = self.is_fused or fused > 0
         return fused
 

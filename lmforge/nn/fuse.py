@@ -1,7 +1,7 @@
 """Linear layers rewritten for decoding: the ones that read the same input fused into one (the query,
 key and value projections of self-attention, `Attention.fuse_qkv`; the gate and up projections of a
-gated MLP, `GatedMLP.fuse_gate_up`), and large float32 ones made faster on a single row
-(`OneRowLinear`). `CausalLM.fuse_projections` does all of it, in every block and the head.
+gated MLP, `GatedMLP.fuse_gate_up`), and every one made faster on the few rows of a decode step
+(`DecodeLinear`). `CausalLM.fuse_projections` does all of it, in every block and the head.
 
 A decode step at batch 1 is a chain of matrix-vector products, each with a fixed cost of its own
 (a dispatch, a thread launch, the float/bfloat16 casts of a quantized layer): one product over the
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INT4_ROW_BLOCK = 64  # rows packed together by aten._convert_weight_to_int4pack_for_cpu
+MAX_ROWS = 16  # past this, F.linear's own path is as fast (it becomes a real matrix product)
 
 
 def stack_linears(layers: list[nn.Module]) -> nn.Module | None:
@@ -72,42 +73,46 @@ def _quantized_out_dims(layer: nn.Module) -> dict[str, int] | None:
     return None
 
 
-class OneRowLinear(nn.Linear):
-    """`nn.Linear` that multiplies a single float32 row on the CPU as a two-row matrix product.
+class DecodeLinear(nn.Linear):
+    """`nn.Linear` that multiplies the few rows of a decode step faster on the CPU, by itself (no
+    function mode: a mode sees every operation of the step, which costs more than a small model's
+    products save).
 
-    For one row, `F.linear` takes MKL's matrix-vector path, which runs on one thread at a fraction of
-    the memory bandwidth; the same row sent twice through `W @ x^T` is a matrix product on every
-    thread (half of it kept). Measured on a 2-core EPYC (AVX512-BF16), float32 weights read from
-    memory: a 1024 x 256 weight 124 us against 47, SmolLM2's 49152 x 576 output head 9.9 ms against
-    3.2. In bfloat16 one row is fast as it is (oneDNN), and a small weight does not pay for the extra
-    operations (about 10 us together), so only float32 weights of MIN_ELEMENTS or more are swapped.
+    - 2 to MAX_ROWS rows: `(W @ x^T)^T`, which runs about twice as fast as `F.linear`'s `x @ W^T`
+      (lmforge/inference/few_rows.py, the same product for a model not rewritten for decoding).
+    - 1 float32 row: `F.linear` takes MKL's matrix-vector path, on one thread at a fraction of the
+      memory bandwidth; the row sent twice through `W @ x^T` is a matrix product on every thread (half
+      of it kept). Measured on a 2-core EPYC (AVX512-BF16), weights read from memory: a 1024 x 256
+      weight 124 us against 47, SmolLM2's 49152 x 576 output head 9.9 ms against 3.2. In bfloat16 one
+      row is fast as it is (oneDNN), and a weight small enough to stay in cache does not pay for the
+      extra operations (about 10 us together), so only weights of ONE_ROW_MIN_ELEMENTS or more double
+      it: decoding the demo shape (256-wide) at batch 1 went from 488 to 566 tokens/s with every layer
+      doubling (65,536 elements and up), while the tiny shape (64-wide) slowed from 1,757 to 1,285
+      with its head and MLP doubling (16,384 elements and up).
     """
 
-    MIN_ELEMENTS = 1 << 18  # 1 MB of float32
+    ONE_ROW_MIN_ELEMENTS = 1 << 16  # 256 KB of float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != x.shape[-1] or x.dtype != torch.float32 or x.device.type != "cpu":
+        rows = x.numel() // max(x.shape[-1], 1)
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype or not 1 <= rows <= MAX_ROWS:
             return F.linear(x, self.weight, self.bias)
-        row = x.reshape(1, -1)
-        rows = torch.cat((row, row)).t()  # (in, 2)
-        out = (
-            torch.mm(self.weight, rows)
-            if self.bias is None
-            else torch.addmm(self.bias[:, None], self.weight, rows)
-        )
-        return out[:, :1].t().contiguous().view(*x.shape[:-1], self.out_features)
+        if rows == 1 and (x.dtype != torch.float32 or self.weight.numel() < self.ONE_ROW_MIN_ELEMENTS):
+            return F.linear(x, self.weight, self.bias)
+        x2d = x.reshape(rows, -1)
+        if rows == 1:
+            x2d = torch.cat((x2d, x2d))  # (2, in): a matrix product, not a vector one
+        if self.bias is None:
+            out = torch.mm(self.weight, x2d.t())
+        else:
+            out = torch.addmm(self.bias[:, None], self.weight, x2d.t())  # (out, rows)
+        return out[:, :rows].t().contiguous().view(*x.shape[:-1], self.out_features)
 
 
-def swap_one_row_linears(model: nn.Module) -> int:
-    """Make every large float32 `nn.Linear` of `model` (its head included) a OneRowLinear; return how
-    many. The same modules with the same parameters (a tied head stays tied): only their forward changes."""
-    large = [
-        m
-        for m in model.modules()
-        if type(m) is nn.Linear
-        and m.weight.dtype == torch.float32
-        and m.weight.numel() >= OneRowLinear.MIN_ELEMENTS
-    ]
-    for module in large:
-        module.__class__ = OneRowLinear
-    return len(large)
+def swap_decode_linears(model: nn.Module) -> int:
+    """Make every `nn.Linear` of `model` (its head included) a DecodeLinear; return how many. The same
+    modules with the same parameters (a tied head stays tied): only their forward changes."""
+    plain = [m for m in model.modules() if type(m) is nn.Linear]
+    for module in plain:
+        module.__class__ = DecodeLinear
+    return len(plain)

@@ -343,7 +343,7 @@ class Engine:
         tokens = torch.zeros(n, 1, dtype=torch.long)
         for running in busy:
             tokens[running.row, 0] = running.last
-        with few_rows_linear(n, self.model.device):
+        with few_rows_linear(n, self.model.device, self.model):
             x = self.model.hidden(tokens.to(self.model.device), cache=self._view)
             logits = self.model.lm_head(x[:, -1]).float()  # (n, V)
         for running in busy:
