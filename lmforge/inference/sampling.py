@@ -13,6 +13,7 @@ below GREEDY_BELOW is greedy, and a penalty never makes a logit infinite.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -109,7 +110,9 @@ def _finite_float32(logits: torch.Tensor) -> torch.Tensor:
     """float32 logits where NaN is -inf (never chosen) and +inf the largest float; a row with no
     finite logit left has no preference at all, so it becomes uniform (zeros)."""
     logits = logits.float()
-    if bool(torch.isfinite(logits).all()):  # the usual case, in one pass (this runs every decode step)
+    # The usual case, in one reduction (this runs every decode step): a sum is finite only if every
+    # logit is (one that overflows only takes the careful path below, which changes nothing then).
+    if math.isfinite(logits.sum().item()):
         return logits
     big = torch.finfo(torch.float32).max
     logits = logits.nan_to_num(nan=float("-inf"), posinf=big, neginf=float("-inf"))

@@ -53,8 +53,12 @@ class GPT2Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, feed: Feed, rope=None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), feed, rope=rope))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        # NOTE: dropout is the identity outside training; not calling it saves a module call per
+        # sub-layer, which a small model's decode step notices.
+        attended = self.attn(self.attn_norm(x), feed, rope=rope)
+        x = x + (self.dropout(attended) if self.training else attended)
+        transformed = self.mlp(self.mlp_norm(x))
+        return x + (self.dropout(transformed) if self.training else transformed)
 
 
 class GPT2(CausalLM):
@@ -72,4 +76,5 @@ class GPT2(CausalLM):
 
     def embed_input(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, None]:
         """Token plus learned position embeddings; no rotary angles."""
-        return self.dropout(self.embed(input_ids) + self.pos_embed(positions)), None
+        x = self.embed(input_ids) + self.pos_embed(positions)
+        return (self.dropout(x) if self.training else x), None
