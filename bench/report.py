@@ -206,7 +206,9 @@ lmforge int4 builds its layers straight from the file's Q4_1 blocks instead. Dec
 tokens after a {prompt}-token chat prompt. lmforge float32 is fused (q/k/v and gate/up one layer each);
 int8 / int4 are quantized at load (`--quantize`, lmforge/nn/quant.py: weight-only, on PyTorch's CPU
 kernels); "int4, compiled" is the int4 model with its decode step under torch.compile on a static KV cache
-(`--use-compile`), compiled before the timed rounds. transformers decodes in float32; llama.cpp
+(`--use-compile`), compiled before the timed rounds; that cache is as long as the whole generation and
+its attention reads every slot at every step, so the compiled mode wins on short generations like this
+one and loses on long ones (README). transformers decodes in float32; llama.cpp
 (llama-cpp-python, built by `make bench`) decodes the same file in its own Q4_1 kernels.
 """
 
