@@ -48,8 +48,11 @@ def _metrics(batch_size: int, new_tokens: int, first: float, total: float) -> di
     }
 
 
-def lmforge_run(model, prompts: list[list[int]], new_tokens: int) -> tuple[dict, list[list[int]]]:
-    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
+def lmforge_run(
+    model, prompts: list[list[int]], new_tokens: int, *, use_compile: bool | None = None
+) -> tuple[dict, list[list[int]]]:
+    """Greedy, exactly new_tokens tokens per row; use_compile as GenerationConfig takes it."""
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, use_compile=use_compile)
     out: list[list[int]] = [[] for _ in prompts]
     start, first = time.perf_counter(), None
     for step in generate_ids(model, prompts, config, eos_token_ids=frozenset(), pad_token_id=0):

@@ -20,7 +20,7 @@ import importlib.util
 import time
 import warnings
 
-from bench.generate import _metrics, transformers_run
+from bench.generate import lmforge_run, transformers_run
 from bench.timing import interleave, ratio, timed
 
 PROMPT = "What is the capital of France? Answer in one long paragraph."
@@ -66,16 +66,7 @@ def _load_transformers(path):
 
 def decode_run(model, prompts, new_tokens: int, *, use_compile: bool) -> tuple[dict, list[list[int]]]:
     """bench.generate.lmforge_run with `use_compile` set: greedy, exactly new_tokens tokens per row."""
-    from lmforge.inference import GenerationConfig, generate_ids
-
-    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, use_compile=use_compile)
-    out: list[list[int]] = [[] for _ in prompts]
-    start, first = time.perf_counter(), None
-    for step in generate_ids(model, prompts, config, eos_token_ids=frozenset(), pad_token_id=0):
-        first = first or time.perf_counter() - start
-        for row, token in zip(out, step):
-            row.append(token)
-    return _metrics(len(prompts), new_tokens, first, time.perf_counter() - start), out
+    return lmforge_run(model, prompts, new_tokens, use_compile=use_compile)
 
 
 class DecodeSide:
