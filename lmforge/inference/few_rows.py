@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-MAX_ROWS = 16  # past this, F.linear's own path is as fast (it becomes a real matrix product)
+from lmforge.nn.fuse import MAX_ROWS, rows_product
 
 
 class FewRowsLinear(TorchFunctionMode):
@@ -28,12 +28,7 @@ class FewRowsLinear(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rows = x.numel() // max(x.shape[-1], 1)
             if 2 <= rows <= MAX_ROWS and weight.dim() == 2 and x.dtype == weight.dtype:
-                x2d = x.reshape(rows, x.shape[-1])
-                if bias is None:
-                    out = torch.mm(weight, x2d.t())
-                else:
-                    out = torch.addmm(bias[:, None], weight, x2d.t())  # (out, rows)
-                return out.t().contiguous().view(*x.shape[:-1], weight.shape[0])
+                return rows_product(x, weight, bias, rows)
         return func(*args, **kwargs)
 
 

@@ -99,14 +99,20 @@ class DecodeLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if rows == 1 and (x.dtype != torch.float32 or self.weight.numel() < self.ONE_ROW_MIN_ELEMENTS):
             return F.linear(x, self.weight, self.bias)
-        x2d = x.reshape(rows, -1)
-        if rows == 1:
-            x2d = torch.cat((x2d, x2d))  # (2, in): a matrix product, not a vector one
-        if self.bias is None:
-            out = torch.mm(self.weight, x2d.t())
-        else:
-            out = torch.addmm(self.bias[:, None], self.weight, x2d.t())  # (out, rows)
-        return out[:, :rows].t().contiguous().view(*x.shape[:-1], self.out_features)
+        return rows_product(x, self.weight, self.bias, rows)
+
+
+def rows_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for x of `rows` rows (any leading shape) computed as
+    `(W @ x^T)^T + b`, a single row sent twice (a matrix product, not a vector one); contiguous."""
+    x2d = x.reshape(rows, -1)
+    if rows == 1:
+        x2d = torch.cat((x2d, x2d))  # (2, in)
+    if bias is None:
+        out = torch.mm(weight, x2d.t())
+    else:
+        out = torch.addmm(bias[:, None], weight, x2d.t())  # (out, rows)
+    return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
 def swap_decode_linears(model: nn.Module) -> int:
